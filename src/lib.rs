@@ -1,0 +1,11 @@
+//! sdht: a peer-to-peer distributed hash table. Every node stores keys in LMDB and routes
+//! requests clockwise along successor pointers to the key's owner; keys move Chord-style when
+//! nodes join and leave.
+//!
+//! Layers, with dependencies flowing one way (`node` -> `ring`, `lmdb`, `wire`):
+//! - [`ring`]: ids, intervals, the routing decision and membership steps; pure.
+//! - [`lmdb`]: the on-disk store; blocking, knows nothing of the network.
+//! - [`wire`]: node-to-node messages and their byte format.
+//! - [`node`]: the running node: HTTP server and client, background tasks, shutdown.
+
+pub mod ring;
