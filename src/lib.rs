@@ -8,4 +8,5 @@
 //! - [`wire`]: node-to-node messages and their byte format.
 //! - [`node`]: the running node: HTTP server and client, background tasks, shutdown.
 
+pub mod lmdb;
 pub mod ring;
