@@ -10,3 +10,5 @@
 
 pub mod lmdb;
 pub mod ring;
+pub mod wire;
+pub mod node;

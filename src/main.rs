@@ -1,1 +1,192 @@
-fn main() {}
+//! The `sdht` command line: parses flags and calls the library.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use sdht::node::client::{format_ring, Client};
+use sdht::node::{self, Config, Node};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "sdht", version, about = "A peer-to-peer distributed hash table: every node stores and routes clockwise")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: start a new ring, or join one with --bootstrap.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: String,
+        /// Directory of this node's LMDB store.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// A node of the ring to join; without it the node starts a new ring of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Option<String>,
+        /// Address peers and clients use for this node (default: the listening address).
+        #[arg(long, value_name = "HOST:PORT")]
+        advertise: Option<String>,
+        /// Period of the stabilize rounds that repair successor and predecessor pointers.
+        #[arg(long, default_value_t = 200, value_name = "MS")]
+        stabilize_ms: u64,
+        /// How long to wait for a peer's answer to a control message.
+        #[arg(long, default_value_t = 500, value_name = "MS")]
+        peer_timeout_ms: u64,
+        /// Largest value accepted, in bytes.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_VALUE_BYTES)]
+        max_value_bytes: usize,
+        /// Forwards after which a request is refused with 508 (a routing loop).
+        #[arg(long, default_value_t = node::DEFAULT_HOP_LIMIT)]
+        hop_limit: u32,
+    },
+    /// Store VALUE under KEY ("-" reads the value from stdin).
+    Put {
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+        key: String,
+        value: String,
+    },
+    /// Print the value of KEY (exit status 1 when absent).
+    Get {
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+        key: String,
+    },
+    /// Delete KEY (exit status 1 when absent).
+    Delete {
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+        key: String,
+    },
+    /// Show the ring clockwise from NODE: address, id and key count of each node.
+    Ring {
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Ask NODE to hand its keys to its successor and leave the ring.
+    Leave {
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Start a local ring of 4 nodes on 127.0.0.1:8000-8003, show it working, serve until Ctrl-C.
+    Demo {
+        /// Where the nodes keep their data (default: a temporary directory, removed at exit).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Port of the first node; the others follow.
+        #[arg(long, default_value_t = 8000)]
+        base_port: u16,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
+    },
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+}
+
+async fn kv_result(answer: sdht::node::client::KvAnswer, key: &str) -> anyhow::Result<ExitCode> {
+    match answer.status {
+        StatusCode::OK => {
+            std::io::stdout().write_all(&answer.body)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StatusCode::NO_CONTENT => Ok(ExitCode::SUCCESS),
+        StatusCode::NOT_FOUND => {
+            eprintln!("{key}: not found");
+            Ok(ExitCode::from(1))
+        }
+        s => bail!("{}: {}", s, String::from_utf8_lossy(&answer.body).trim()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let client = Client::new();
+    match Cli::parse().command {
+        Command::Serve { listen, data, bootstrap, advertise, stabilize_ms, peer_timeout_ms, max_value_bytes, hop_limit } => {
+            let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let local = listener.local_addr()?.to_string();
+            let mut config = Config::new(advertise.unwrap_or(local), data);
+            config.bootstrap = bootstrap;
+            config.stabilize_every = Duration::from_millis(stabilize_ms.max(1));
+            config.peer_timeout = Duration::from_millis(peer_timeout_ms.max(1));
+            config.max_value_bytes = max_value_bytes;
+            config.hop_limit = hop_limit;
+            let node = Node::start(config).await?;
+            println!("sdht listening on {} id={}", node.me().addr, node.me().id);
+            std::io::stdout().flush()?;
+            let shutdown = CancellationToken::new();
+            on_signal(shutdown.clone());
+            node::serve(listener, node, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put { node, key, value } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf)?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            kv_result(client.put(&node, &key, value).await?, &key).await
+        }
+        Command::Get { node, key } => kv_result(client.get(&node, &key).await?, &key).await,
+        Command::Delete { node, key } => kv_result(client.delete(&node, &key).await?, &key).await,
+        Command::Ring { node } => {
+            print!("{}", format_ring(&client.json(&node, "/ring").await?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Leave { node } => {
+            let resp = client.call(&node, Method::POST, "/leave", Default::default()).await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                bail!("{}: {}", resp.status(), String::from_utf8_lossy(resp.body()).trim());
+            }
+            // The node answers until it has handed its keys over; wait for it to go.
+            while client.json(&node, "/status").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("{node} left the ring");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { data, base_port, nodes } => {
+            let shutdown = CancellationToken::new();
+            on_signal(shutdown.clone());
+            node::demo::run(data, "127.0.0.1", base_port, nodes, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -76,7 +76,8 @@ pub enum Write {
         value: Vec<u8>,
         clock: u64,
     },
-    /// A client's delete at the owner: a tombstone, versioned like `Put`.
+    /// A client's delete at the owner: a tombstone, versioned like `Put`; nothing (Unchanged)
+    /// when there is no live value.
     Delete { id: u64, key: Vec<u8>, clock: u64 },
     /// A copy from another node (handoff or write-through): kept only if newer.
     Merge(Record),
@@ -248,6 +249,10 @@ impl Store {
                     let rkey = record_key(*id, key);
                     let old = self.current(&txn, &rkey)?;
                     let existed = old.as_ref().is_some_and(|r| r.value.is_some());
+                    if !existed && matches!(w, Write::Delete { .. }) {
+                        out.push(Applied::Unchanged);
+                        continue;
+                    }
                     let version = (*clock).max(old.map_or(0, |r| r.version + 1));
                     let value = match w {
                         Write::Put { value, .. } => Some(value.as_slice()),

@@ -1,0 +1,307 @@
+//! The HTTP server: accept loop with a connection cap and graceful drain, the public API
+//! (`/kv`, `/status`, `/ring`, `/leave`) and the internal RPC endpoint.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{BadInput, Error, Result};
+use super::peer::{RPC_PATH, WIRE_TYPE};
+use super::{Node, MAX_KEY_BYTES};
+use crate::wire::{KvOp, KvOutcome, KvRequest, Message, Request, Response, Status};
+
+/// Connections served at once. Each costs a task and buffers; past this the listener's
+/// backlog holds newcomers, so a flood of clients cannot exhaust memory or file descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must send its request headers within this time (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its whole body within this time: 8 MiB at a slow 150 KiB/s.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long open connections may take to finish their requests at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most nodes one `/ring` walk visits, so a looping successor chain cannot keep it going.
+const MAX_RING_WALK: usize = 4096;
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+type Resp = hyper::Response<Full<Bytes>>;
+
+pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            _ = halt.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = halt.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_node = node.clone();
+        let service = service_fn(move |req| {
+            let node = conn_node.clone();
+            async move { Ok::<_, Infallible>(handle(node, req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        node.inner.tasks.spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut body = body.into();
+    body.push('\n');
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(value: serde_json::Value) -> Resp {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(value.to_string())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &Error) -> Resp {
+    let mut r = text(e.status(), e.to_string());
+    if let Error::MethodNotAllowed = e {
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+    }
+    r
+}
+
+async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let result = match path.as_str() {
+        p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
+        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node.status()))),
+        "/ring" => match only(&req, Method::GET) {
+            Ok(()) => Ok(ring_walk(&node).await),
+            Err(e) => Err(e),
+        },
+        "/leave" => only(&req, Method::POST).map(|()| {
+            node.inner.leave.cancel();
+            text(StatusCode::ACCEPTED, "leaving")
+        }),
+        RPC_PATH => match only(&req, Method::POST) {
+            Ok(()) => internal(&node, req).await,
+            Err(e) => Err(e),
+        },
+        _ => Err(Error::NotFound),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn only(req: &hyper::Request<Incoming>, method: Method) -> Result<()> {
+    if *req.method() == method {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed)
+    }
+}
+
+/// Checks a key's length (after decoding).
+pub fn check_key(key: &[u8]) -> std::result::Result<(), BadInput> {
+    if key.is_empty() {
+        Err(BadInput::EmptyKey)
+    } else if key.len() > MAX_KEY_BYTES {
+        Err(BadInput::KeyTooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Percent-decodes one path segment into a key.
+pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
+    if segment.contains('/') {
+        return Err(BadInput::KeyHasSlash);
+    }
+    let raw = segment.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).ok_or(BadInput::BadPercentEncoding)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| BadInput::BadPercentEncoding)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| BadInput::BadPercentEncoding)?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    check_key(&out)?;
+    String::from_utf8(out).map_err(|_| BadInput::KeyNotUtf8)
+}
+
+/// Reads a body of at most `limit` bytes: refused from Content-Length before reading when
+/// it says more, and cut off while streaming when there is none.
+async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes> {
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadInput::BadContentLength)?;
+        if len > limit as u64 {
+            return Err(Error::TooLarge { limit });
+        }
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
+        Err(_) => Err(Error::BodyTimeout),
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Error::TooLarge { limit }),
+        Ok(Err(_)) => Err(BadInput::TruncatedBody.into()),
+    }
+}
+
+async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
+    let key = parse_key(segment)?;
+    let op = match *req.method() {
+        Method::GET => KvOp::Get,
+        Method::DELETE => KvOp::Delete,
+        Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
+        _ => return Err(Error::MethodNotAllowed),
+    };
+    let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
+    let mut resp = match reply.outcome {
+        KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
+        KvOutcome::Done => {
+            let mut r = hyper::Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        KvOutcome::NotFound => text(StatusCode::NOT_FOUND, "not found"),
+        KvOutcome::Failed { status, reason } => {
+            text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), reason)
+        }
+    };
+    let headers = resp.headers_mut();
+    headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
+    if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
+        if !reply.owner.is_empty() {
+            headers.insert("x-sdht-owner", owner);
+        }
+    }
+    Ok(resp)
+}
+
+async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
+    let body = read_body(req, node.inner.config.max_message()).await?;
+    let request = Request::decode(&body)?;
+    let response: Response = node.rpc(request).await?;
+    let mut r = hyper::Response::new(Full::new(Bytes::from(response.encode())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
+    Ok(r)
+}
+
+fn status_json(s: &Status) -> serde_json::Value {
+    serde_json::json!({
+        "addr": s.me.addr,
+        "id": crate::ring::Id(s.me.id).to_string(),
+        "successor": s.succ.addr,
+        "predecessor": s.pred.as_ref().map(|p| p.addr.clone()),
+        "keys": s.keys,
+    })
+}
+
+/// Walks the ring clockwise along successor pointers from this node, each node once.
+async fn ring_walk(node: &Node) -> Resp {
+    let first = node.status();
+    let mut seen = HashSet::from([first.me.addr.clone()]);
+    let mut next = first.succ.addr.clone();
+    let mut nodes = vec![first];
+    let mut complete = true;
+    while seen.insert(next.clone()) {
+        if nodes.len() >= MAX_RING_WALK {
+            complete = false;
+            break;
+        }
+        match node.inner.peers.call(&next, &Request::Status, node.inner.config.peer_timeout).await {
+            Ok(Response::Status(s)) => {
+                next = s.succ.addr.clone();
+                nodes.push(s);
+            }
+            _ => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    let list: Vec<_> = nodes
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "addr": s.me.addr,
+                "id": crate::ring::Id(s.me.id).to_string(),
+                "keys": s.keys,
+                "successor": s.succ.addr,
+                "predecessor": s.pred.as_ref().map(|p| p.addr.clone()),
+            })
+        })
+        .collect();
+    json(serde_json::json!({ "nodes": list, "complete": complete }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_decoded_segment() {
+        assert_eq!(parse_key("hello").unwrap(), "hello");
+        assert_eq!(parse_key("a%2Fb%20c").unwrap(), "a/b c");
+        assert_eq!(parse_key("%C3%A9").unwrap(), "é");
+        assert_eq!(parse_key(""), Err(BadInput::EmptyKey));
+        assert_eq!(parse_key("a/b"), Err(BadInput::KeyHasSlash));
+        assert_eq!(parse_key("%zz"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("%4"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("%FF"), Err(BadInput::KeyNotUtf8));
+        assert_eq!(parse_key(&"k".repeat(256)).map(|k| k.len()), Ok(256));
+        assert_eq!(parse_key(&"k".repeat(257)), Err(BadInput::KeyTooLong));
+        assert_eq!(parse_key(&"%41".repeat(257)), Err(BadInput::KeyTooLong));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_key_never_panics(s in ".{0,300}") {
+            let _ = parse_key(&s);
+        }
+
+        #[test]
+        fn encoded_keys_decode_to_themselves(key in "[^\u{0}]{1,60}") {
+            let encoded: String = key.bytes().map(|b| format!("%{b:02X}")).collect();
+            proptest::prop_assume!(key.len() <= MAX_KEY_BYTES);
+            proptest::prop_assert_eq!(parse_key(&encoded).unwrap(), key);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Join, stabilize, handoff, leave and tombstone purging: the ring's maintenance, performed
+//! by calling the pure steps of `RingState` and sending what they ask for.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::{Error, PeerError, Result};
+use super::peer::Peers;
+use super::storage::{now_micros, Storage};
+use super::{Node, KV_TIMEOUT};
+use crate::lmdb::Write;
+use crate::ring::{Action, HandoffKind, Interval, Peer, RingState};
+use crate::wire::{self, Request, Response};
+
+/// How long a new node keeps asking its bootstrap before giving up: long enough for the
+/// bootstrap node to be started alongside it.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between join attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(200);
+/// How long a leaving node keeps trying to hand its keys over before it stops anyway,
+/// keeping them on disk.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(60);
+/// How often a departed node retries telling its predecessor, which otherwise points at a
+/// stopped node until crash repair exists.
+const TELL_PRED_TRIES: u32 = 5;
+/// A tombstone outlives every handoff that could carry an older copy of its key; handoffs
+/// take seconds, so ten minutes is ample.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// How often old tombstones are purged, and how many per commit.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_BATCH: usize = 10_000;
+
+const SUCC_META: &str = "successor";
+
+/// Finds this node's successor through `bootstrap` and returns the state of a new member.
+pub async fn join(
+    me: &Peer,
+    peers: &Peers,
+    storage: &Storage,
+    bootstrap: &str,
+) -> Result<RingState> {
+    if bootstrap == me.addr {
+        return Err(Error::BootstrapIsSelf);
+    }
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    let req = Request::FindSuccessor { id: me.id.0, hops: 0 };
+    loop {
+        let source = match peers.call(bootstrap, &req, KV_TIMEOUT).await {
+            Ok(Response::Successor { node, .. }) => {
+                let succ = Node::peer_from(&node)?;
+                if succ != *me {
+                    return Ok(RingState::joined(me.clone(), succ));
+                }
+                // The ring still links this address: we are restarting in place before anyone
+                // noticed. Our successor from before is still right.
+                return match storage.meta_get(SUCC_META).await? {
+                    Some(s) if s != me.addr.as_bytes() => {
+                        let succ = Peer::new(String::from_utf8_lossy(&s).into_owned());
+                        Ok(RingState::joined(me.clone(), succ))
+                    }
+                    _ => Err(Error::StillMember(me.addr.clone())),
+                };
+            }
+            Ok(_) => PeerError::Unexpected,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::Join { bootstrap: bootstrap.to_string(), source });
+        }
+        tracing::debug!(bootstrap, error = %source, "join attempt failed; retrying");
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+pub async fn stabilize_loop(node: Node, halt: CancellationToken) {
+    let mut tick = tokio::time::interval(node.inner.config.stabilize_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match stabilize_once(&node).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(node = %node.inner.me.addr, error = %e, "stabilize failed");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn stabilize_once(node: &Node) -> Result<()> {
+    let Some(target) = node.ring().stabilize_target() else { return Ok(()) };
+    let timeout = node.inner.config.peer_timeout;
+    let unavailable = |source| Error::Unavailable { addr: target.addr.clone(), source };
+    let pred = match node.inner.peers.call(&target.addr, &Request::Neighbors, timeout).await {
+        Ok(Response::Neighbors { pred, .. }) => pred,
+        Ok(_) => return Err(unavailable(PeerError::Unexpected)),
+        Err(e) => return Err(unavailable(e)),
+    };
+    // A predecessor whose id is not its address's hash is ignored, not adopted.
+    let pred = pred.and_then(|p| Node::peer_from(&p).ok());
+    let actions = node.ring().on_successor_pred(&target, pred);
+    let succ = node.ring().succ().clone();
+    if succ != target {
+        tracing::info!(node = %node.inner.me.addr, old = %target.addr, new = %succ.addr, "successor changed");
+        node.save_successor().await;
+    }
+    for action in actions {
+        if let Action::Notify(s) = action {
+            let req = Request::Notify { from: Node::info(&node.inner.me) };
+            node.inner.peers.call(&s.addr, &req, timeout).await.map_err(|source| Error::Unavailable { addr: s.addr, source })?;
+        }
+    }
+    Ok(())
+}
+
+impl Node {
+    pub(super) async fn save_successor(&self) {
+        let succ = self.ring().succ().addr.clone();
+        if let Err(e) = self.inner.storage.meta_put(SUCC_META, succ.into_bytes()).await {
+            tracing::warn!(error = %e, "could not save the successor");
+        }
+    }
+
+    /// notify from `from`: if it is our new predecessor, hand it its keys in the background.
+    pub(super) fn on_notify(&self, from: Peer) {
+        let action = self.ring().on_notify(&from);
+        if let Some(Action::StartHandoff { range, to }) = action {
+            tracing::info!(node = %self.inner.me.addr, to = %to.addr, "new predecessor; handing over its range");
+            let node = self.clone();
+            self.inner.tasks.spawn(async move {
+                if let Err(e) = node.run_handoff(range, to.clone()).await {
+                    tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "handoff aborted");
+                }
+            });
+        }
+    }
+
+    /// Copies `range` to `to`, switches ownership under the gate, then drops the local copy.
+    /// The ring state holds the handoff (from `on_notify` or `begin_leave`); on any failure
+    /// it is aborted and nothing changes hands.
+    async fn run_handoff(&self, range: Interval, to: Peer) -> Result<()> {
+        let Some(kind) = self.ring().handoff().map(|h| h.kind) else { return Ok(()) };
+        self.inner.write_through_failed.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        let copied = self.copy_range(range, &to).await;
+        let gate = self.inner.gate.write().await;
+        let (keys, bytes) = match copied {
+            Ok(moved) if !self.inner.write_through_failed.load(Ordering::SeqCst) => moved,
+            Ok(_) => {
+                self.ring().abort_handoff();
+                return Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected });
+            }
+            Err(e) => {
+                self.ring().abort_handoff();
+                return Err(e);
+            }
+        };
+        match kind {
+            HandoffKind::Join => {
+                let old = self.ring().finish_handoff();
+                drop(gate);
+                let req = Request::HandoffDone { from: Node::info(&self.inner.me), pred: old.as_ref().map(Node::info) };
+                if let Err(e) = self.inner.peers.call(&to.addr, &req, self.inner.config.peer_timeout).await {
+                    // It learns its predecessor from that node's notify instead.
+                    tracing::debug!(to = %to.addr, error = %e, "handoff-done not delivered");
+                }
+                tracing::info!(node = %self.inner.me.addr, pred = %to.addr, keys, bytes, ms = started.elapsed().as_millis() as u64, "predecessor changed; range handed over");
+            }
+            HandoffKind::Leave => {
+                let (pred, succ) = {
+                    let ring = self.ring();
+                    (ring.pred().cloned(), ring.succ().clone())
+                };
+                let leaving = Request::Leaving {
+                    node: Node::info(&self.inner.me),
+                    pred: pred.as_ref().map(Node::info),
+                    succ: Node::info(&succ),
+                };
+                // The successor takes over before we stop answering for the range.
+                if let Err(source) = self.inner.peers.call(&succ.addr, &leaving, self.inner.config.peer_timeout).await {
+                    self.ring().abort_handoff();
+                    return Err(Error::Unavailable { addr: succ.addr, source });
+                }
+                self.ring().finish_handoff();
+                drop(gate);
+                if let Some(p) = pred.filter(|p| *p != succ) {
+                    self.tell_with_retries(&p, &leaving).await;
+                }
+                tracing::info!(node = %self.inner.me.addr, succ = %to.addr, keys, bytes, ms = started.elapsed().as_millis() as u64, "left; keys handed to successor");
+            }
+        }
+        self.drop_range(range).await
+    }
+
+    async fn tell_with_retries(&self, to: &Peer, req: &Request) {
+        for attempt in 1..=TELL_PRED_TRIES {
+            match self.inner.peers.call(&to.addr, req, self.inner.config.peer_timeout).await {
+                Ok(_) => return,
+                Err(e) if attempt == TELL_PRED_TRIES => {
+                    tracing::warn!(to = %to.addr, error = %e, "could not tell predecessor we left");
+                }
+                Err(_) => tokio::time::sleep(self.inner.config.stabilize_every).await,
+            }
+        }
+    }
+
+    /// Sends every record of `range` to `to` in batches; returns (records, bytes) sent.
+    async fn copy_range(&self, range: Interval, to: &Peer) -> Result<(u64, u64)> {
+        let (mut keys, mut bytes, mut resume) = (0u64, 0u64, None);
+        let mut last_log = Instant::now();
+        loop {
+            let scan = self.inner.storage.scan(range.after.0, range.upto.0, resume).await?;
+            if !scan.records.is_empty() {
+                keys += scan.records.len() as u64;
+                bytes += scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
+                let records = scan
+                    .records
+                    .into_iter()
+                    .map(|r| wire::Record { key: String::from_utf8_lossy(&r.key).into_owned(), version: r.version, value: r.value })
+                    .collect();
+                self.merge_to(to, records).await?;
+            }
+            if last_log.elapsed() >= Duration::from_secs(1) {
+                tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, "handoff in progress");
+                last_log = Instant::now();
+            }
+            match scan.next {
+                Some(next) => resume = Some(next),
+                None => return Ok((keys, bytes)),
+            }
+        }
+    }
+
+    /// Removes the local copy of a range that now belongs to another node.
+    async fn drop_range(&self, range: Interval) -> Result<()> {
+        let mut resume = None;
+        loop {
+            let scan = self.inner.storage.scan(range.after.0, range.upto.0, resume).await?;
+            let removes = scan
+                .records
+                .into_iter()
+                .map(|r| Write::Remove { id: r.id, key: r.key, version: r.version })
+                .collect();
+            self.inner.storage.write_all(removes).await?;
+            match scan.next {
+                Some(next) => resume = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Leaves the ring gracefully: hands every key to the successor and unlinks. The last node
+/// of a ring just stops with its data on disk; so does a node that cannot reach its
+/// successor before `LEAVE_DEADLINE`.
+pub async fn leave(node: &Node) {
+    let deadline = Instant::now() + LEAVE_DEADLINE;
+    loop {
+        let action = node.ring().begin_leave();
+        match action {
+            Some(Action::StartHandoff { range, to }) => match node.run_handoff(range, to.clone()).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "leave handoff failed; retrying"),
+            },
+            _ => {
+                let ring = node.ring();
+                if ring.departed() || ring.succ() == ring.me() {
+                    tracing::info!(node = %node.inner.me.addr, "last node of the ring stops; its data stays on disk");
+                    return;
+                }
+                // Busy handing a range to a new predecessor: wait for that to finish.
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(node = %node.inner.me.addr, "could not hand keys over before the deadline; stopping with them on disk");
+            return;
+        }
+        tokio::time::sleep(node.inner.config.stabilize_every).await;
+    }
+}
+
+pub async fn purge_loop(node: Node, halt: CancellationToken) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = now_micros().saturating_sub(TOMBSTONE_TTL.as_micros() as u64);
+        match node.inner.storage.blocking(move |s| s.purge_tombstones(before, PURGE_BATCH)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "old tombstones purged"),
+            Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),
+        }
+    }
+}

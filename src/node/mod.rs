@@ -1,0 +1,349 @@
+//! The running node: HTTP server and client, the public API, the internal RPC, and the
+//! background tasks (stabilize, handoff, leave, tombstone purge), all stopped by one
+//! cancellation token.
+//!
+//! Owns: turning `ring` decisions into network calls, running `lmdb` off the async threads,
+//! and every timeout, limit and task of a live node.
+//!
+//! Must not touch: routing rules or membership logic (they live in `ring`, as pure steps this
+//! module performs), the byte format of messages (`wire`), the record layout (`lmdb`).
+//!
+//! Left out on purpose: failure detection, successor lists and replication (a crashed node's
+//! keys are unavailable until it returns), authentication of peers, TLS.
+
+pub mod client;
+pub mod demo;
+mod error;
+mod http;
+mod membership;
+mod peer;
+mod storage;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::{BadInput, Error, PeerError, Result};
+
+use crate::lmdb::{Applied, Record, Write};
+use crate::ring::{key_id, Peer, RingState, Route};
+use crate::wire::{self, KvOp, KvOutcome, KvReply, KvRequest, NodeInfo, Request, Response};
+use peer::Peers;
+use storage::{now_micros, Storage};
+
+/// The longest key, in bytes after percent-decoding.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Default cap on a value (`--max-value-bytes`).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 << 20;
+/// Default hop limit: more forwards than any sane ring has nodes means a routing loop.
+pub const DEFAULT_HOP_LIMIT: u32 = 512;
+/// Default stabilize period (Chord's repair round).
+pub const DEFAULT_STABILIZE: Duration = Duration::from_millis(200);
+/// Default wait for a peer's answer to a control message (stabilize, notify, status). On
+/// loopback or a LAN an answer takes well under a millisecond; 500 ms tolerates a busy peer
+/// without stalling the stabilize loop for long.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// Wait for a forwarded client request, which may cross many nodes and carry a large value.
+const KV_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait for one handoff batch: a durable commit of up to `wire::BATCH_BYTES` (or one
+/// maximal value) on the receiver.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address peers and clients use for this node; its hash is the node's id.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// A ring member to join through; None starts a new ring.
+    pub bootstrap: Option<String>,
+    pub stabilize_every: Duration,
+    pub peer_timeout: Duration,
+    pub max_value_bytes: usize,
+    pub hop_limit: u32,
+}
+
+impl Config {
+    pub fn new(advertise: impl Into<String>, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            advertise: advertise.into(),
+            data_dir: data_dir.into(),
+            bootstrap: None,
+            stabilize_every: DEFAULT_STABILIZE,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            hop_limit: DEFAULT_HOP_LIMIT,
+        }
+    }
+
+    /// The largest node-to-node message: one maximal value plus its envelope, or one batch.
+    fn max_message(&self) -> usize {
+        self.max_value_bytes.max(wire::BATCH_BYTES) + 64 * 1024
+    }
+}
+
+/// A node that has joined its ring (or started a new one). Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    me: Peer,
+    ring: Mutex<RingState>,
+    /// Held shared by every local read and write, exclusively while ownership switches at
+    /// the end of a handoff: no request sees the old owner's answer after the switch.
+    gate: tokio::sync::RwLock<()>,
+    /// Set when a write-through to a handoff's receiver failed: the handoff must not switch.
+    write_through_failed: AtomicBool,
+    storage: Storage,
+    peers: Peers,
+    /// Cancelled by `POST /leave`: the node leaves and `serve` returns.
+    leave: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Opens the store and joins the ring through `config.bootstrap` (or starts a new ring).
+    pub async fn start(config: Config) -> Result<Node> {
+        let storage = Storage::open(&config.data_dir)?;
+        let me = Peer::new(config.advertise.clone());
+        let peers = Peers::new(config.max_message());
+        let ring = match &config.bootstrap {
+            None => RingState::alone(me.clone()),
+            Some(b) => membership::join(&me, &peers, &storage, b).await?,
+        };
+        tracing::info!(node = %me.addr, id = %me.id, succ = %ring.succ().addr, "joined");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                me,
+                ring: Mutex::new(ring),
+                gate: tokio::sync::RwLock::new(()),
+                write_through_failed: AtomicBool::new(false),
+                storage,
+                peers,
+                leave: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                config,
+            }),
+        })
+    }
+
+    pub fn me(&self) -> &Peer {
+        &self.inner.me
+    }
+
+    fn ring(&self) -> MutexGuard<'_, RingState> {
+        // A panic while holding the lock would be a bug in a pure ring step; the state is
+        // plain data and stays usable.
+        self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn info(p: &Peer) -> NodeInfo {
+        NodeInfo { addr: p.addr.clone(), id: p.id.0 }
+    }
+
+    fn status(&self) -> wire::Status {
+        let ring = self.ring();
+        wire::Status {
+            me: Self::info(ring.me()),
+            pred: ring.pred().map(Self::info),
+            succ: Self::info(ring.succ()),
+            keys: self.inner.storage.live_keys(),
+        }
+    }
+
+    /// A client's get/put/delete, here or forwarded one node on.
+    pub async fn kv(&self, req: KvRequest) -> KvReply {
+        let id = key_id(req.key.as_bytes());
+        let gate = self.inner.gate.read().await;
+        let route = self.ring().route(id, req.addressed);
+        let (to, addressed) = match route {
+            Route::Local => {
+                let outcome = match self.local_kv(id.0, &req, gate).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
+                };
+                return KvReply { outcome, hops: req.hops, owner: self.inner.me.addr.clone() };
+            }
+            Route::Forward { to, addressed } => (to, addressed),
+            Route::Back { to } => (to, true),
+        };
+        drop(gate);
+        let failed = |e: Error| KvReply {
+            outcome: KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
+            hops: req.hops,
+            owner: String::new(),
+        };
+        if req.hops >= self.inner.config.hop_limit {
+            return failed(Error::HopLimit(self.inner.config.hop_limit));
+        }
+        let fwd = Request::Kv(KvRequest { hops: req.hops + 1, addressed, ..req.clone() });
+        match self.inner.peers.call(&to.addr, &fwd, KV_TIMEOUT).await {
+            Ok(Response::Kv(reply)) => reply,
+            Ok(_) => failed(Error::Unavailable { addr: to.addr, source: PeerError::Unexpected }),
+            Err(source) => failed(Error::Unavailable { addr: to.addr, source }),
+        }
+    }
+
+    /// Executes a request this node owns. `_gate` is held until the write (and its
+    /// write-through to a handoff receiver) is done.
+    async fn local_kv(
+        &self,
+        id: u64,
+        req: &KvRequest,
+        _gate: tokio::sync::RwLockReadGuard<'_, ()>,
+    ) -> Result<KvOutcome> {
+        let storage = &self.inner.storage;
+        let key = req.key.as_bytes().to_vec();
+        let (write, value) = match &req.op {
+            KvOp::Get => {
+                return Ok(match storage.get(id, key).await?.and_then(|r| r.value) {
+                    Some(v) => KvOutcome::Value(v),
+                    None => KvOutcome::NotFound,
+                });
+            }
+            KvOp::Put(v) => (Write::Put { id, key, value: v.clone(), clock: now_micros() }, Some(v)),
+            KvOp::Delete => (Write::Delete { id, key, clock: now_micros() }, None),
+        };
+        let version = match storage.write(write).await? {
+            Applied::Stored { version, .. } => version,
+            Applied::Unchanged => return Ok(KvOutcome::NotFound),
+        };
+        let through = self.ring().handoff().filter(|h| h.range.contains(crate::ring::Id(id))).map(|h| h.to.clone());
+        if let Some(to) = through {
+            let rec = wire::Record { key: req.key.clone(), version, value: value.cloned() };
+            if let Err(e) = self.merge_to(&to, vec![rec]).await {
+                // The write is durable here and this node still owns the key: the handoff
+                // is what fails, and it will start over.
+                tracing::warn!(to = %to.addr, error = %e, "write-through failed; handoff will abort");
+                self.inner.write_through_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Ok(KvOutcome::Done)
+    }
+
+    /// Sends records to `to` to keep where newer.
+    async fn merge_to(&self, to: &Peer, records: Vec<wire::Record>) -> Result<()> {
+        let req = Request::Merge { from: Self::info(&self.inner.me), records };
+        match self.inner.peers.call(&to.addr, &req, BATCH_TIMEOUT).await {
+            Ok(Response::Ack) => Ok(()),
+            Ok(Response::Busy) => Err(Error::NotServing),
+            Ok(_) => Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected }),
+            Err(source) => Err(Error::Unavailable { addr: to.addr.clone(), source }),
+        }
+    }
+
+    /// Checks that a peer named in a message is who it claims to be.
+    fn peer_from(info: &NodeInfo) -> Result<Peer> {
+        let p = Peer { addr: info.addr.clone(), id: crate::ring::Id(info.id) };
+        if p.is_consistent() {
+            Ok(p)
+        } else {
+            Err(Error::ForgedId(info.addr.clone()))
+        }
+    }
+
+    /// A node-to-node call.
+    pub async fn rpc(&self, req: Request) -> Result<Response> {
+        match req {
+            Request::Kv(k) => {
+                http::check_key(k.key.as_bytes())?;
+                if let KvOp::Put(v) = &k.op {
+                    if v.len() > self.inner.config.max_value_bytes {
+                        return Err(Error::TooLarge { limit: self.inner.config.max_value_bytes });
+                    }
+                }
+                Ok(Response::Kv(self.kv(k).await))
+            }
+            Request::FindSuccessor { id, hops } => self.find_successor(id, hops).await,
+            Request::Neighbors => {
+                let ring = self.ring();
+                Ok(Response::Neighbors { pred: ring.pred().map(Self::info), succ: Self::info(ring.succ()) })
+            }
+            Request::Notify { from } => {
+                let from = Self::peer_from(&from)?;
+                self.on_notify(from);
+                Ok(Response::Ack)
+            }
+            Request::Merge { from, records } => {
+                Self::peer_from(&from)?;
+                if self.ring().departed() {
+                    // About to exit: what it stored now would be lost with it.
+                    return Ok(Response::Busy);
+                }
+                let mut writes = Vec::with_capacity(records.len());
+                for r in records {
+                    http::check_key(r.key.as_bytes())?;
+                    let id = key_id(r.key.as_bytes()).0;
+                    writes.push(Write::Merge(Record { id, key: r.key.into_bytes(), version: r.version, value: r.value }));
+                }
+                self.inner.storage.write_all(writes).await?;
+                Ok(Response::Ack)
+            }
+            Request::HandoffDone { from, pred } => {
+                let from = Self::peer_from(&from)?;
+                if let Some(p) = pred {
+                    let p = Self::peer_from(&p)?;
+                    self.ring().on_predecessor_hint(p.clone());
+                    tracing::info!(node = %self.inner.me.addr, from = %from.addr, pred = %p.addr, "handoff received; predecessor set");
+                }
+                Ok(Response::Ack)
+            }
+            Request::Leaving { node, pred, succ } => {
+                let node = Self::peer_from(&node)?;
+                let pred = pred.as_ref().map(Self::peer_from).transpose()?;
+                let succ = Self::peer_from(&succ)?;
+                self.ring().on_neighbor_leaving(&node, pred, succ);
+                tracing::info!(node = %self.inner.me.addr, left = %node.addr, "neighbour left");
+                self.save_successor().await;
+                Ok(Response::Ack)
+            }
+            Request::Status => Ok(Response::Status(self.status())),
+        }
+    }
+
+    async fn find_successor(&self, id: u64, hops: u32) -> Result<Response> {
+        use crate::ring::FindStep;
+        let step = self.ring().find_successor(crate::ring::Id(id));
+        match step {
+            FindStep::Found(p) => Ok(Response::Successor { node: Self::info(&p), hops }),
+            FindStep::Forward(_) if hops >= self.inner.config.hop_limit => {
+                Err(Error::HopLimit(self.inner.config.hop_limit))
+            }
+            FindStep::Forward(p) => {
+                let req = Request::FindSuccessor { id, hops: hops + 1 };
+                self.inner
+                    .peers
+                    .call(&p.addr, &req, KV_TIMEOUT)
+                    .await
+                    .map_err(|source| Error::Unavailable { addr: p.addr, source })
+            }
+        }
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` is cancelled or a client asks the node to
+/// leave; then the node hands its keys to its successor, stops accepting, drains open
+/// connections and joins every task before returning.
+pub async fn serve(listener: TcpListener, node: Node, shutdown: CancellationToken) -> Result<()> {
+    let halt = CancellationToken::new();
+    node.inner.tasks.spawn(http::accept_loop(listener, node.clone(), halt.clone()));
+    node.inner.tasks.spawn(membership::stabilize_loop(node.clone(), halt.clone()));
+    node.inner.tasks.spawn(membership::purge_loop(node.clone(), halt.clone()));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = node.inner.leave.cancelled() => {}
+    }
+    membership::leave(&node).await;
+    halt.cancel();
+    node.inner.tasks.close();
+    node.inner.tasks.wait().await;
+    tracing::info!(node = %node.inner.me.addr, "stopped");
+    Ok(())
+}

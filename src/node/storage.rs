@@ -1,0 +1,133 @@
+//! The async face of the store: reads on tokio's blocking pool, writes through one writer
+//! thread that commits many waiting writes in one LMDB transaction (group commit). A durable
+//! commit costs about as much for one write as for a thousand, so under load this turns
+//! commit latency into throughput; with one writer nobody waits for anyone else's commit lock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{Error, Result};
+use crate::lmdb::{Applied, Record, Scan, Store, Write};
+
+/// Writes waiting for the writer thread. When full, writers wait (backpressure) instead of
+/// queueing without bound; 4096 is several commits' worth at the batch size below.
+const WRITE_QUEUE: usize = 4096;
+/// Most writes in one commit, so one commit's latency stays bounded under a flood.
+const MAX_BATCH: usize = 1024;
+
+type Pending = (Write, oneshot::Sender<Result<Applied>>);
+
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<Store>,
+    writes: mpsc::Sender<Pending>,
+}
+
+/// Microseconds since the Unix epoch: the clock that versions client writes.
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Storage {
+    /// Opens the store and starts the writer thread, which ends when the last `Storage` clone
+    /// is dropped.
+    pub fn open(dir: &Path) -> Result<Storage> {
+        let store = Arc::new(Store::open(dir)?);
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer_store = store.clone();
+        std::thread::Builder::new()
+            .name("sdht-writer".into())
+            .spawn(move || writer(writer_store, rx))?;
+        Ok(Storage { store, writes: tx })
+    }
+
+    pub fn live_keys(&self) -> u64 {
+        self.store.live_keys()
+    }
+
+    /// Runs a blocking store call on tokio's blocking pool.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> crate::lmdb::Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| Error::StoreGone)?
+            .map_err(Error::from)
+    }
+
+    pub async fn get(&self, id: u64, key: Vec<u8>) -> Result<Option<Record>> {
+        self.blocking(move |s| s.get(id, &key)).await
+    }
+
+    pub async fn scan(&self, after: u64, upto: u64, resume: Option<Vec<u8>>) -> Result<Scan> {
+        use crate::wire::{BATCH_BYTES, BATCH_RECORDS};
+        self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), BATCH_RECORDS, BATCH_BYTES))
+            .await
+    }
+
+    /// Queues one write and waits until it is durable.
+    pub async fn write(&self, w: Write) -> Result<Applied> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
+        rx.await.map_err(|_| Error::StoreGone)?
+    }
+
+    /// Queues several writes and waits until all are durable (they may share commits with
+    /// other callers' writes).
+    pub async fn write_all(&self, ws: Vec<Write>) -> Result<Vec<Applied>> {
+        let mut waits = Vec::with_capacity(ws.len());
+        for w in ws {
+            let (tx, rx) = oneshot::channel();
+            self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(rx.await.map_err(|_| Error::StoreGone)??);
+        }
+        Ok(out)
+    }
+
+    pub async fn meta_get(&self, name: &'static str) -> Result<Option<Vec<u8>>> {
+        self.blocking(move |s| s.meta_get(name)).await
+    }
+
+    pub async fn meta_put(&self, name: &'static str, value: Vec<u8>) -> Result<()> {
+        self.blocking(move |s| s.meta_put(name, &value)).await
+    }
+}
+
+fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>) {
+    let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    while let Some((w, reply)) = rx.blocking_recv() {
+        writes.push(w);
+        replies.push(reply);
+        while writes.len() < MAX_BATCH {
+            let Ok((w, reply)) = rx.try_recv() else { break };
+            writes.push(w);
+            replies.push(reply);
+        }
+        match store.apply(&writes) {
+            Ok(applied) => {
+                for (reply, a) in replies.drain(..).zip(applied) {
+                    let _ = reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = writes.len(), "commit failed");
+                let shared = Arc::new(e);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(Error::CommitFailed(shared.clone())));
+                }
+            }
+        }
+        writes.clear();
+    }
+}

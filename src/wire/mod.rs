@@ -1,0 +1,161 @@
+//! Node-to-node messages and their byte format: postcard after a one-byte format version.
+//!
+//! Owns: every message a node sends another over `POST /internal/rpc`, the version byte, and
+//! the limits a receiver checks before it trusts a message. This is the only module that knows
+//! how messages look as bytes; golden vectors in the tests notice any change of format.
+//!
+//! Must not touch: sockets, storage, routing decisions. Addresses and ids travel as plain
+//! strings and integers; `src/node` turns them into ring peers and checks that each id is the
+//! hash of its address.
+//!
+//! Left out on purpose: compatibility with other versions. A message whose first byte is not
+//! `VERSION` is refused, not guessed at; a mixed-version ring is not supported.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Format version, the first byte of every message. Bump it on any incompatible change.
+pub const VERSION: u8 = 1;
+
+/// Most records one handoff batch carries, so a million-key handoff is many small requests.
+pub const BATCH_RECORDS: usize = 1024;
+/// Bytes one handoff batch aims at (a single larger value still travels alone).
+pub const BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The message was empty or written by another format version; the sender must upgrade.
+    #[error("unsupported message format version {0:?} (this node speaks {VERSION})")]
+    Version(Option<u8>),
+    /// The bytes do not decode as this message (truncated, garbage, trailing bytes).
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Encoding and decoding of one message type.
+pub trait Message: Serialize + DeserializeOwned {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        // Writing into a Vec cannot fail for these types (no maps with non-string keys, no
+        // unsized sequences), so an error here is a bug in a message definition.
+        postcard::to_io(self, &mut out).expect("message types serialise infallibly");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        match bytes.split_first() {
+            Some((&VERSION, body)) => {
+                let (msg, rest) = postcard::take_from_bytes(body)?;
+                if rest.is_empty() {
+                    Ok(msg)
+                } else {
+                    Err(Error::Malformed(postcard::Error::DeserializeBadEncoding))
+                }
+            }
+            Some((&v, _)) => Err(Error::Version(Some(v))),
+            None => Err(Error::Version(None)),
+        }
+    }
+}
+
+/// A ring member as it travels: its advertised address and its id (the receiver checks that
+/// the id is the hash of the address).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub addr: String,
+    pub id: u64,
+}
+
+/// One key's state as it moves between nodes. The id is not sent: the receiver hashes the key.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub key: String,
+    pub version: u64,
+    /// None is a tombstone.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KvOp {
+    Get,
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    Delete,
+}
+
+/// A client's get/put/delete on its way to the owner.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KvRequest {
+    pub key: String,
+    pub op: KvOp,
+    /// Forwards so far, counted from the node the client asked.
+    pub hops: u32,
+    /// The sender's successor pointer says the receiver owns the key.
+    pub addressed: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KvOutcome {
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    NotFound,
+    Done,
+    /// The request failed along the way: an HTTP status and a one-line reason for the client.
+    Failed { status: u16, reason: String },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KvReply {
+    pub outcome: KvOutcome,
+    /// Forwards it took to reach the owner.
+    pub hops: u32,
+    /// The owner's advertised address (empty when the request failed before reaching one).
+    pub owner: String,
+}
+
+/// Everything one node asks another.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Kv(KvRequest),
+    /// Chord's find_successor(id), forwarded clockwise; `hops` bounds it like a Kv request.
+    FindSuccessor { id: u64, hops: u32 },
+    /// Stabilize: who is your predecessor (and successor)?
+    Neighbors,
+    /// `from` believes it is the receiver's predecessor.
+    Notify { from: NodeInfo },
+    /// Records to keep if newer: a handoff batch, or a write made while a handoff runs.
+    Merge { from: NodeInfo, records: Vec<Record> },
+    /// A handoff to the receiver is complete; `pred` precedes the receiver now.
+    HandoffDone { from: NodeInfo, pred: Option<NodeInfo> },
+    /// `node` leaves; it sat between `pred` and `succ`.
+    Leaving { node: NodeInfo, pred: Option<NodeInfo>, succ: NodeInfo },
+    /// This node's status, for ring walks.
+    Status,
+}
+
+/// The node's status, as `GET /status` shows it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub me: NodeInfo,
+    pub pred: Option<NodeInfo>,
+    pub succ: NodeInfo,
+    pub keys: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Kv(KvReply),
+    Successor { node: NodeInfo, hops: u32 },
+    Neighbors { pred: Option<NodeInfo>, succ: NodeInfo },
+    Status(Status),
+    /// The request was accepted (or, for Notify and HandoffDone, considered).
+    Ack,
+    /// The receiver cannot take this now (it is joining, or busy with another handoff);
+    /// the sender should retry later.
+    Busy,
+}
+
+impl Message for Request {}
+impl Message for Response {}
+
+#[cfg(test)]
+mod tests;
