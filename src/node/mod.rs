@@ -119,7 +119,7 @@ impl Node {
             Some(b) => membership::join(&me, &peers, &storage, b).await?,
         };
         tracing::info!(node = %me.addr, id = %me.id, succ = %ring.succ().addr, "joined");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 me,
                 ring: Mutex::new(ring),
@@ -131,7 +131,9 @@ impl Node {
                 tasks: TaskTracker::new(),
                 config,
             }),
-        })
+        };
+        node.save_successor().await;
+        Ok(node)
     }
 
     pub fn me(&self) -> &Peer {

@@ -24,9 +24,12 @@ pub const BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The message was empty or written by another format version; the sender must upgrade.
-    #[error("unsupported message format version {0:?} (this node speaks {VERSION})")]
-    Version(Option<u8>),
+    /// The message is empty.
+    #[error("empty message")]
+    Empty,
+    /// Written by another format version; the sender must run the same sdht version.
+    #[error("unsupported message format version {0} (this node speaks {VERSION})")]
+    Version(u8),
     /// The bytes do not decode as this message (truncated, garbage, trailing bytes).
     #[error("malformed message: {0}")]
     Malformed(#[from] postcard::Error),
@@ -52,8 +55,8 @@ pub trait Message: Serialize + DeserializeOwned {
                     Err(Error::Malformed(postcard::Error::DeserializeBadEncoding))
                 }
             }
-            Some((&v, _)) => Err(Error::Version(Some(v))),
-            None => Err(Error::Version(None)),
+            Some((&v, _)) => Err(Error::Version(v)),
+            None => Err(Error::Empty),
         }
     }
 }

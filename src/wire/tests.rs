@@ -80,8 +80,8 @@ fn trailing_bytes_and_wrong_versions_are_refused() {
     assert!(matches!(Request::decode(&bytes), Err(Error::Malformed(_))));
     let mut bytes = Request::Neighbors.encode();
     bytes[0] = VERSION + 1;
-    assert!(matches!(Request::decode(&bytes), Err(Error::Version(Some(_)))));
-    assert!(matches!(Request::decode(&[]), Err(Error::Version(None))));
+    assert!(matches!(Request::decode(&bytes), Err(Error::Version(_))));
+    assert!(matches!(Request::decode(&[]), Err(Error::Empty)));
 }
 
 fn hex(bytes: &[u8]) -> String {

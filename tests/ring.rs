@@ -1,0 +1,255 @@
+//! The ring end to end: real `sdht` processes on loopback, joined through `--bootstrap`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use sdht::node::client::Client;
+use sdht::ring::{key_id, Id, Interval};
+
+/// Last acknowledged state of each key: Some(value) after a 204 PUT, None after a 204 DELETE.
+type Acked = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
+
+/// Checks every acknowledged key through every node: the newest value, or 404 if deleted.
+async fn check_all(client: &Client, nodes: &[&str], acked: &BTreeMap<String, Option<Vec<u8>>>, max_hops: u32) {
+    for (key, want) in acked {
+        for n in nodes {
+            let got = client.get(n, key).await.unwrap();
+            match want {
+                Some(v) => {
+                    assert_eq!(got.status, 200, "{key} via {n}: {:?}", got.body);
+                    assert_eq!(&got.body[..], &v[..], "{key} via {n}");
+                }
+                None => assert_eq!(got.status, 404, "deleted {key} via {n}"),
+            }
+            let hops = got.hops.expect("x-sdht-hops header");
+            assert!(hops <= max_hops, "{key} via {n}: {hops} hops");
+            assert!(got.owner.is_some(), "x-sdht-owner header");
+        }
+    }
+}
+
+/// A writer that keeps writing (and now and then deleting) its own keys through random
+/// nodes until stopped; only 204s are recorded as acknowledged.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+fn start_writer(name: &'static str, addrs: Vec<String>, acked: Acked, seed: u64) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let client = Client::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let mut seq = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            seq += 1;
+            let key = format!("{name}-{}", rng.random_range(0..300));
+            let node = addrs.choose(&mut rng).unwrap();
+            if rng.random_ratio(1, 10) {
+                match client.delete(node, &key).await {
+                    Ok(a) if a.status == 204 || a.status == 404 => {
+                        acked.lock().unwrap().insert(key, None);
+                        ok += 1;
+                    }
+                    _ => failed += 1,
+                }
+            } else {
+                let value = format!("{key}={seq}").into_bytes();
+                match client.put(node, &key, value.clone()).await {
+                    Ok(a) if a.status == 204 => {
+                        acked.lock().unwrap().insert(key, Some(value));
+                        ok += 1;
+                    }
+                    _ => failed += 1,
+                }
+            }
+        }
+        (ok, failed)
+    });
+    Writer { stop, handle }
+}
+
+impl Writer {
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.unwrap()
+    }
+}
+
+async fn write_keys(client: &Client, addrs: &[String], n: usize, prefix: &str) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut acked = BTreeMap::new();
+    for i in 0..n {
+        let key = format!("{prefix}{i}");
+        let value = format!("value {i} of {prefix}").into_bytes();
+        let a = client.put(addrs.choose(&mut rng).unwrap(), &key, value.clone()).await.unwrap();
+        assert_eq!(a.status, 204, "{key}");
+        acked.insert(key, Some(value));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_serve_every_key_through_every_node() {
+    let nodes = ring(4).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked = write_keys(&client, &addrs, 1000, "k").await;
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    check_all(&client, &refs, &acked, 3).await;
+    // Each key sits on exactly its owner: the per-node counts add up to 1000 and match the
+    // ranges the ring assigns.
+    let mut ids: Vec<Id> = nodes.iter().map(|n| n.id).collect();
+    ids.sort();
+    for n in &nodes {
+        let i = ids.iter().position(|x| *x == n.id).unwrap();
+        let range = Interval::new(ids[(i + 3) % 4], n.id);
+        let expect = acked.keys().filter(|k| range.contains(key_id(k.as_bytes()))).count() as u64;
+        assert_eq!(keys_on(&client, &n.addr).await, expect, "keys on {}", n.addr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
+    let mut nodes = ring(4).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 400, "pre").await));
+    let writer = start_writer("w", addrs.clone(), acked.clone(), 1);
+    let fifth = spawn(Some(&addrs[1])).await;
+    nodes.push(fifth);
+    wait_for_ring(&nodes).await;
+    let (ok, failed) = writer.finish().await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no write may fail while a node joins");
+    let acked = acked.lock().unwrap().clone();
+    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    check_all(&client, &refs, &acked, 4).await;
+    let new = &nodes[4];
+    let pred = Id::from_hex(
+        client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"].as_str().unwrap(),
+    )
+    .unwrap();
+    let range = Interval::new(pred, new.id);
+    let expect = acked
+        .iter()
+        .filter(|(k, v)| v.is_some() && range.contains(key_id(k.as_bytes())))
+        .count() as u64;
+    assert_eq!(keys_on(&client, &new.addr).await, expect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_under_load_loses_nothing() {
+    let mut nodes = ring(5).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 400, "pre").await));
+    // The writer never asks the leaving node directly once it is gone; requests that reach
+    // it while it leaves are forwarded.
+    let writer = start_writer("w", addrs[..4].to_vec(), acked.clone(), 2);
+    let mut leaver = nodes.remove(4);
+    leave(&client, &mut leaver).await;
+    wait_for_ring(&nodes).await;
+    let (ok, failed) = writer.finish().await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no write may fail while a node leaves");
+    let acked = acked.lock().unwrap().clone();
+    let refs: Vec<&str> = addrs[..4].iter().map(String::as_str).collect();
+    check_all(&client, &refs, &acked, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_down_to_one_puts_every_key_on_it() {
+    let mut nodes = ring(4).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked = write_keys(&client, &addrs, 300, "k").await;
+    while nodes.len() > 1 {
+        let mut n = nodes.remove(0);
+        leave(&client, &mut n).await;
+        wait_for_ring(&nodes).await;
+    }
+    let last = &nodes[0];
+    assert_eq!(keys_on(&client, &last.addr).await, 300);
+    check_all(&client, &[&last.addr], &acked, 0).await;
+    let status = client.json(&last.addr, "/status").await.unwrap();
+    assert_eq!(status["successor"], last.addr.as_str());
+    assert!(status["predecessor"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joining_at_once_through_one_bootstrap_converge() {
+    let first = spawn(None).await;
+    let boot = first.addr.clone();
+    let joins = (0..4).map(|_| {
+        let boot = boot.clone();
+        async move { spawn(Some(&boot)).await }
+    });
+    let mut nodes = futures_join_all(joins).await;
+    nodes.insert(0, first);
+    wait_for_ring(&nodes).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked = write_keys(&client, &addrs, 200, "c").await;
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    check_all(&client, &refs, &acked, 4).await;
+}
+
+/// Runs the futures concurrently (each spawns a process and waits for its line).
+async fn futures_join_all<F: std::future::Future<Output = NodeProc> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<NodeProc> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_single_node_serves_its_keys_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = spawn_at("127.0.0.1:0", &data, None, &[]).await;
+    let client = Client::new();
+    let acked = write_keys(&client, &[node.addr.clone()], 100, "r").await;
+    let addr = node.addr.clone();
+    let mut node = node;
+    // SIGTERM: the last node of a ring just stops, keeping its data.
+    leave(&client, &mut node).await;
+    drop(node);
+    let again = spawn_at(&addr, &data, None, &[]).await;
+    assert_eq!(keys_on(&client, &again.addr).await, 100);
+    check_all(&client, &[&again.addr], &acked, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_restarted_at_its_address_serves_its_keys_again() {
+    let mut nodes = ring(3).await;
+    let client = Client::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let acked = write_keys(&client, &addrs, 300, "k").await;
+    let victim = nodes.remove(2);
+    let (addr, data) = (victim.addr.clone(), victim.data.clone());
+    let held = keys_on(&client, &addr).await;
+    assert!(held > 0);
+    let mut victim = victim;
+    victim.child.kill().await.unwrap();
+    let again = spawn_at(&addr, &data, Some(&addrs[0]), &[]).await;
+    nodes.push(again);
+    wait_for_ring(&nodes).await;
+    assert_eq!(keys_on(&client, &addr).await, held);
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    check_all(&client, &refs, &acked, 2).await;
+    drop(victim);
+}
