@@ -9,6 +9,6 @@
 //! - [`node`]: the running node: HTTP server and client, background tasks, shutdown.
 
 pub mod lmdb;
+pub mod node;
 pub mod ring;
 pub mod wire;
-pub mod node;

@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sdht", version, about = "A peer-to-peer distributed hash table: every node stores and routes clockwise")]
+#[command(
+    name = "sdht",
+    version,
+    about = "A peer-to-peer distributed hash table: every node stores and routes clockwise"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +52,9 @@ enum Command {
         /// Forwards after which a request is refused with 508 (a routing loop).
         #[arg(long, default_value_t = node::DEFAULT_HOP_LIMIT)]
         hop_limit: u32,
+        /// Most keys in one handoff batch (smaller batches: more, shorter requests).
+        #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
+        handoff_batch_keys: u64,
     },
     /// Store VALUE under KEY ("-" reads the value from stdin).
     Put {
@@ -98,7 +105,10 @@ fn on_signal(token: CancellationToken) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
                 return;
             };
             tokio::select! {
@@ -137,8 +147,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let client = Client::new();
     match Cli::parse().command {
-        Command::Serve { listen, data, bootstrap, advertise, stabilize_ms, peer_timeout_ms, max_value_bytes, hop_limit } => {
-            let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        Command::Serve {
+            listen,
+            data,
+            bootstrap,
+            advertise,
+            stabilize_ms,
+            peer_timeout_ms,
+            max_value_bytes,
+            hop_limit,
+            handoff_batch_keys,
+        } => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
             let local = listener.local_addr()?.to_string();
             let mut config = Config::new(advertise.unwrap_or(local), data);
             config.bootstrap = bootstrap;
@@ -146,6 +168,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             config.peer_timeout = Duration::from_millis(peer_timeout_ms.max(1));
             config.max_value_bytes = max_value_bytes;
             config.hop_limit = hop_limit;
+            config.handoff_batch = handoff_batch_keys as usize;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;
@@ -171,9 +194,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Leave { node } => {
-            let resp = client.call(&node, Method::POST, "/leave", Default::default()).await?;
+            let resp = client
+                .call(&node, Method::POST, "/leave", Default::default())
+                .await?;
             if resp.status() != StatusCode::ACCEPTED {
-                bail!("{}: {}", resp.status(), String::from_utf8_lossy(resp.body()).trim());
+                bail!(
+                    "{}: {}",
+                    resp.status(),
+                    String::from_utf8_lossy(resp.body()).trim()
+                );
             }
             // The node answers until it has handed its keys over; wait for it to go.
             while client.json(&node, "/status").await.is_ok() {
@@ -182,7 +211,11 @@ async fn main() -> anyhow::Result<ExitCode> {
             println!("{node} left the ring");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { data, base_port, nodes } => {
+        Command::Demo {
+            data,
+            base_port,
+            nodes,
+        } => {
             let shutdown = CancellationToken::new();
             on_signal(shutdown.clone());
             node::demo::run(data, "127.0.0.1", base_port, nodes, shutdown).await?;

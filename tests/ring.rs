@@ -12,11 +12,18 @@ use rand::{Rng, SeedableRng};
 use sdht::node::client::Client;
 use sdht::ring::{key_id, Id, Interval};
 
+const SLOW_HANDOFF: &[&str] = &["--handoff-batch-keys", "1"];
+
 /// Last acknowledged state of each key: Some(value) after a 204 PUT, None after a 204 DELETE.
 type Acked = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
 
 /// Checks every acknowledged key through every node: the newest value, or 404 if deleted.
-async fn check_all(client: &Client, nodes: &[&str], acked: &BTreeMap<String, Option<Vec<u8>>>, max_hops: u32) {
+async fn check_all(
+    client: &Client,
+    nodes: &[&str],
+    acked: &BTreeMap<String, Option<Vec<u8>>>,
+    max_hops: u32,
+) {
     for (key, want) in acked {
         for n in nodes {
             let got = client.get(n, key).await.unwrap();
@@ -84,13 +91,21 @@ impl Writer {
     }
 }
 
-async fn write_keys(client: &Client, addrs: &[String], n: usize, prefix: &str) -> BTreeMap<String, Option<Vec<u8>>> {
+async fn write_keys(
+    client: &Client,
+    addrs: &[String],
+    n: usize,
+    prefix: &str,
+) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut acked = BTreeMap::new();
     for i in 0..n {
         let key = format!("{prefix}{i}");
         let value = format!("value {i} of {prefix}").into_bytes();
-        let a = client.put(addrs.choose(&mut rng).unwrap(), &key, value.clone()).await.unwrap();
+        let a = client
+            .put(addrs.choose(&mut rng).unwrap(), &key, value.clone())
+            .await
+            .unwrap();
         assert_eq!(a.status, 204, "{key}");
         acked.insert(key, Some(value));
     }
@@ -112,19 +127,29 @@ async fn four_nodes_serve_every_key_through_every_node() {
     for n in &nodes {
         let i = ids.iter().position(|x| *x == n.id).unwrap();
         let range = Interval::new(ids[(i + 3) % 4], n.id);
-        let expect = acked.keys().filter(|k| range.contains(key_id(k.as_bytes()))).count() as u64;
-        assert_eq!(keys_on(&client, &n.addr).await, expect, "keys on {}", n.addr);
+        let expect = acked
+            .keys()
+            .filter(|k| range.contains(key_id(k.as_bytes())))
+            .count() as u64;
+        assert_eq!(
+            keys_on(&client, &n.addr).await,
+            expect,
+            "keys on {}",
+            n.addr
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
-    let mut nodes = ring(4).await;
+    // One key per handoff batch stretches the handoff over many requests, so the writer's
+    // writes land while it runs.
+    let mut nodes = ring_with(4, SLOW_HANDOFF).await;
     let client = Client::new();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 400, "pre").await));
+    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 1000, "pre").await));
     let writer = start_writer("w", addrs.clone(), acked.clone(), 1);
-    let fifth = spawn(Some(&addrs[1])).await;
+    let fifth = spawn_with(Some(&addrs[1]), SLOW_HANDOFF).await;
     nodes.push(fifth);
     wait_for_ring(&nodes).await;
     let (ok, failed) = writer.finish().await;
@@ -136,7 +161,9 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
     check_all(&client, &refs, &acked, 4).await;
     let new = &nodes[4];
     let pred = Id::from_hex(
-        client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"].as_str().unwrap(),
+        client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"]
+            .as_str()
+            .unwrap(),
     )
     .unwrap();
     let range = Interval::new(pred, new.id);
@@ -149,10 +176,10 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_leave_under_load_loses_nothing() {
-    let mut nodes = ring(5).await;
+    let mut nodes = ring_with(5, SLOW_HANDOFF).await;
     let client = Client::new();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 400, "pre").await));
+    let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 1000, "pre").await));
     // The writer never asks the leaving node directly once it is gone; requests that reach
     // it while it leaves are forwarded.
     let writer = start_writer("w", addrs[..4].to_vec(), acked.clone(), 2);
@@ -222,7 +249,7 @@ async fn a_restarted_single_node_serves_its_keys_again() {
     let data = dir.path().join("data");
     let node = spawn_at("127.0.0.1:0", &data, None, &[]).await;
     let client = Client::new();
-    let acked = write_keys(&client, &[node.addr.clone()], 100, "r").await;
+    let acked = write_keys(&client, std::slice::from_ref(&node.addr), 100, "r").await;
     let addr = node.addr.clone();
     let mut node = node;
     // SIGTERM: the last node of a ring just stops, keeping its data.

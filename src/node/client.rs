@@ -53,7 +53,9 @@ impl Client {
     pub fn new() -> Client {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        Client { http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(http) }
+        Client {
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(http),
+        }
     }
 
     /// One HTTP call; returns status, headers and the whole body.
@@ -64,24 +66,44 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<hyper::Response<Bytes>> {
-        let unavailable = |source| Error::Unavailable { addr: node.to_string(), source };
+        let unavailable = |source| Error::Unavailable {
+            addr: node.to_string(),
+            source,
+        };
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("http://{node}{path}"))
             .body(Full::new(body))
             .map_err(|_| unavailable(PeerError::BadAddress))?;
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| unavailable(e.into()))?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| unavailable(e.into()))?;
             let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.map_err(|e| unavailable(PeerError::Body(e.into())))?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| unavailable(PeerError::Body(e.into())))?
+                .to_bytes();
             Ok(hyper::Response::from_parts(parts, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| unavailable(PeerError::Timeout))?
+        tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| unavailable(PeerError::Timeout))?
     }
 
     async fn kv(&self, node: &str, method: Method, key: &str, body: Bytes) -> Result<KvAnswer> {
-        let resp = self.call(node, method, &format!("/kv/{}", encode_key(key)), body).await?;
-        let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let resp = self
+            .call(node, method, &format!("/kv/{}", encode_key(key)), body)
+            .await?;
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         Ok(KvAnswer {
             status: resp.status(),
             hops: header("x-sdht-hops").and_then(|h| h.parse().ok()),
@@ -106,10 +128,15 @@ impl Client {
     pub async fn json(&self, node: &str, path: &str) -> Result<serde_json::Value> {
         let resp = self.call(node, Method::GET, path, Bytes::new()).await?;
         if resp.status() != StatusCode::OK {
-            return Err(Error::Unavailable { addr: node.into(), source: PeerError::Status(resp.status()) });
+            return Err(Error::Unavailable {
+                addr: node.into(),
+                source: PeerError::Status(resp.status()),
+            });
         }
-        serde_json::from_slice(resp.body())
-            .map_err(|e| Error::Unavailable { addr: node.into(), source: PeerError::Body(e.into()) })
+        serde_json::from_slice(resp.body()).map_err(|e| Error::Unavailable {
+            addr: node.into(),
+            source: PeerError::Body(e.into()),
+        })
     }
 }
 

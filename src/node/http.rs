@@ -44,7 +44,10 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
     loop {
         let permit = tokio::select! {
             _ = halt.cancelled() => break,
@@ -85,20 +88,25 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     body.push('\n');
     let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json(value: serde_json::Value) -> Resp {
     let mut r = hyper::Response::new(Full::new(Bytes::from(value.to_string())));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 fn error_response(e: &Error) -> Resp {
     let mut r = text(e.status(), e.to_string());
     if let Error::MethodNotAllowed = e {
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
     }
     r
 }
@@ -171,7 +179,11 @@ pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
 /// it says more, and cut off while streaming when there is none.
 async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes> {
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadInput::BadContentLength)?;
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(BadInput::BadContentLength)?;
         if len > limit as u64 {
             return Err(Error::TooLarge { limit });
         }
@@ -189,10 +201,21 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     let op = match *req.method() {
         Method::GET => KvOp::Get,
         Method::DELETE => KvOp::Delete,
-        Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
+        Method::PUT => KvOp::Put(
+            read_body(req, node.inner.config.max_value_bytes)
+                .await?
+                .into(),
+        ),
         _ => return Err(Error::MethodNotAllowed),
     };
-    let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
+    let reply = node
+        .kv(KvRequest {
+            key,
+            op,
+            hops: 0,
+            addressed: false,
+        })
+        .await;
     let mut resp = match reply.outcome {
         KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
         KvOutcome::Done => {
@@ -201,9 +224,10 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
             r
         }
         KvOutcome::NotFound => text(StatusCode::NOT_FOUND, "not found"),
-        KvOutcome::Failed { status, reason } => {
-            text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), reason)
-        }
+        KvOutcome::Failed { status, reason } => text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            reason,
+        ),
     };
     let headers = resp.headers_mut();
     headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
@@ -220,7 +244,8 @@ async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
     let request = Request::decode(&body)?;
     let response: Response = node.rpc(request).await?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(response.encode())));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
     Ok(r)
 }
 
@@ -246,7 +271,12 @@ async fn ring_walk(node: &Node) -> Resp {
             complete = false;
             break;
         }
-        match node.inner.peers.call(&next, &Request::Status, node.inner.config.peer_timeout).await {
+        match node
+            .inner
+            .peers
+            .call(&next, &Request::Status, node.inner.config.peer_timeout)
+            .await
+        {
             Ok(Response::Status(s)) => {
                 next = s.succ.addr.clone();
                 nodes.push(s);

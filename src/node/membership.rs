@@ -45,7 +45,10 @@ pub async fn join(
         return Err(Error::BootstrapIsSelf);
     }
     let deadline = Instant::now() + JOIN_DEADLINE;
-    let req = Request::FindSuccessor { id: me.id.0, hops: 0 };
+    let req = Request::FindSuccessor {
+        id: me.id.0,
+        hops: 0,
+    };
     loop {
         let source = match peers.call(bootstrap, &req, KV_TIMEOUT).await {
             Ok(Response::Successor { node, .. }) => {
@@ -67,7 +70,10 @@ pub async fn join(
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(Error::Join { bootstrap: bootstrap.to_string(), source });
+            return Err(Error::Join {
+                bootstrap: bootstrap.to_string(),
+                source,
+            });
         }
         tracing::debug!(bootstrap, error = %source, "join attempt failed; retrying");
         tokio::time::sleep(JOIN_RETRY).await;
@@ -95,10 +101,20 @@ pub async fn stabilize_loop(node: Node, halt: CancellationToken) {
 }
 
 async fn stabilize_once(node: &Node) -> Result<()> {
-    let Some(target) = node.ring().stabilize_target() else { return Ok(()) };
+    let Some(target) = node.ring().stabilize_target() else {
+        return Ok(());
+    };
     let timeout = node.inner.config.peer_timeout;
-    let unavailable = |source| Error::Unavailable { addr: target.addr.clone(), source };
-    let pred = match node.inner.peers.call(&target.addr, &Request::Neighbors, timeout).await {
+    let unavailable = |source| Error::Unavailable {
+        addr: target.addr.clone(),
+        source,
+    };
+    let pred = match node
+        .inner
+        .peers
+        .call(&target.addr, &Request::Neighbors, timeout)
+        .await
+    {
         Ok(Response::Neighbors { pred, .. }) => pred,
         Ok(_) => return Err(unavailable(PeerError::Unexpected)),
         Err(e) => return Err(unavailable(e)),
@@ -113,8 +129,17 @@ async fn stabilize_once(node: &Node) -> Result<()> {
     }
     for action in actions {
         if let Action::Notify(s) = action {
-            let req = Request::Notify { from: Node::info(&node.inner.me) };
-            node.inner.peers.call(&s.addr, &req, timeout).await.map_err(|source| Error::Unavailable { addr: s.addr, source })?;
+            let req = Request::Notify {
+                from: Node::info(&node.inner.me),
+            };
+            node.inner
+                .peers
+                .call(&s.addr, &req, timeout)
+                .await
+                .map_err(|source| Error::Unavailable {
+                    addr: s.addr,
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -123,7 +148,12 @@ async fn stabilize_once(node: &Node) -> Result<()> {
 impl Node {
     pub(super) async fn save_successor(&self) {
         let succ = self.ring().succ().addr.clone();
-        if let Err(e) = self.inner.storage.meta_put(SUCC_META, succ.into_bytes()).await {
+        if let Err(e) = self
+            .inner
+            .storage
+            .meta_put(SUCC_META, succ.into_bytes())
+            .await
+        {
             tracing::warn!(error = %e, "could not save the successor");
         }
     }
@@ -146,8 +176,12 @@ impl Node {
     /// The ring state holds the handoff (from `on_notify` or `begin_leave`); on any failure
     /// it is aborted and nothing changes hands.
     async fn run_handoff(&self, range: Interval, to: Peer) -> Result<()> {
-        let Some(kind) = self.ring().handoff().map(|h| h.kind) else { return Ok(()) };
-        self.inner.write_through_failed.store(false, Ordering::SeqCst);
+        let Some(kind) = self.ring().handoff().map(|h| h.kind) else {
+            return Ok(());
+        };
+        self.inner
+            .write_through_failed
+            .store(false, Ordering::SeqCst);
         let started = Instant::now();
         let copied = self.copy_range(range, &to).await;
         let gate = self.inner.gate.write().await;
@@ -155,7 +189,10 @@ impl Node {
             Ok(moved) if !self.inner.write_through_failed.load(Ordering::SeqCst) => moved,
             Ok(_) => {
                 self.ring().abort_handoff();
-                return Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected });
+                return Err(Error::Unavailable {
+                    addr: to.addr.clone(),
+                    source: PeerError::Unexpected,
+                });
             }
             Err(e) => {
                 self.ring().abort_handoff();
@@ -166,8 +203,16 @@ impl Node {
             HandoffKind::Join => {
                 let old = self.ring().finish_handoff();
                 drop(gate);
-                let req = Request::HandoffDone { from: Node::info(&self.inner.me), pred: old.as_ref().map(Node::info) };
-                if let Err(e) = self.inner.peers.call(&to.addr, &req, self.inner.config.peer_timeout).await {
+                let req = Request::HandoffDone {
+                    from: Node::info(&self.inner.me),
+                    pred: old.as_ref().map(Node::info),
+                };
+                if let Err(e) = self
+                    .inner
+                    .peers
+                    .call(&to.addr, &req, self.inner.config.peer_timeout)
+                    .await
+                {
                     // It learns its predecessor from that node's notify instead.
                     tracing::debug!(to = %to.addr, error = %e, "handoff-done not delivered");
                 }
@@ -184,9 +229,17 @@ impl Node {
                     succ: Node::info(&succ),
                 };
                 // The successor takes over before we stop answering for the range.
-                if let Err(source) = self.inner.peers.call(&succ.addr, &leaving, self.inner.config.peer_timeout).await {
+                if let Err(source) = self
+                    .inner
+                    .peers
+                    .call(&succ.addr, &leaving, self.inner.config.peer_timeout)
+                    .await
+                {
                     self.ring().abort_handoff();
-                    return Err(Error::Unavailable { addr: succ.addr, source });
+                    return Err(Error::Unavailable {
+                        addr: succ.addr,
+                        source,
+                    });
                 }
                 self.ring().finish_handoff();
                 drop(gate);
@@ -201,7 +254,12 @@ impl Node {
 
     async fn tell_with_retries(&self, to: &Peer, req: &Request) {
         for attempt in 1..=TELL_PRED_TRIES {
-            match self.inner.peers.call(&to.addr, req, self.inner.config.peer_timeout).await {
+            match self
+                .inner
+                .peers
+                .call(&to.addr, req, self.inner.config.peer_timeout)
+                .await
+            {
                 Ok(_) => return,
                 Err(e) if attempt == TELL_PRED_TRIES => {
                     tracing::warn!(to = %to.addr, error = %e, "could not tell predecessor we left");
@@ -216,14 +274,27 @@ impl Node {
         let (mut keys, mut bytes, mut resume) = (0u64, 0u64, None);
         let mut last_log = Instant::now();
         loop {
-            let scan = self.inner.storage.scan(range.after.0, range.upto.0, resume).await?;
+            let scan = self
+                .inner
+                .storage
+                .scan(
+                    range.after.0,
+                    range.upto.0,
+                    resume,
+                    self.inner.config.handoff_batch,
+                )
+                .await?;
             if !scan.records.is_empty() {
                 keys += scan.records.len() as u64;
                 bytes += scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
                 let records = scan
                     .records
                     .into_iter()
-                    .map(|r| wire::Record { key: String::from_utf8_lossy(&r.key).into_owned(), version: r.version, value: r.value })
+                    .map(|r| wire::Record {
+                        key: String::from_utf8_lossy(&r.key).into_owned(),
+                        version: r.version,
+                        value: r.value,
+                    })
                     .collect();
                 self.merge_to(to, records).await?;
             }
@@ -242,11 +313,24 @@ impl Node {
     async fn drop_range(&self, range: Interval) -> Result<()> {
         let mut resume = None;
         loop {
-            let scan = self.inner.storage.scan(range.after.0, range.upto.0, resume).await?;
+            let scan = self
+                .inner
+                .storage
+                .scan(
+                    range.after.0,
+                    range.upto.0,
+                    resume,
+                    self.inner.config.handoff_batch,
+                )
+                .await?;
             let removes = scan
                 .records
                 .into_iter()
-                .map(|r| Write::Remove { id: r.id, key: r.key, version: r.version })
+                .map(|r| Write::Remove {
+                    id: r.id,
+                    key: r.key,
+                    version: r.version,
+                })
                 .collect();
             self.inner.storage.write_all(removes).await?;
             match scan.next {
@@ -265,10 +349,14 @@ pub async fn leave(node: &Node) {
     loop {
         let action = node.ring().begin_leave();
         match action {
-            Some(Action::StartHandoff { range, to }) => match node.run_handoff(range, to.clone()).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "leave handoff failed; retrying"),
-            },
+            Some(Action::StartHandoff { range, to }) => {
+                match node.run_handoff(range, to.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "leave handoff failed; retrying")
+                    }
+                }
+            }
             _ => {
                 let ring = node.ring();
                 if ring.departed() || ring.succ() == ring.me() {
@@ -295,7 +383,12 @@ pub async fn purge_loop(node: Node, halt: CancellationToken) {
             _ = tick.tick() => {}
         }
         let before = now_micros().saturating_sub(TOMBSTONE_TTL.as_micros() as u64);
-        match node.inner.storage.blocking(move |s| s.purge_tombstones(before, PURGE_BATCH)).await {
+        match node
+            .inner
+            .storage
+            .blocking(move |s| s.purge_tombstones(before, PURGE_BATCH))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "old tombstones purged"),
             Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),

@@ -34,12 +34,22 @@ impl Peers {
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(http);
-        Peers { client, max_message }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(http);
+        Peers {
+            client,
+            max_message,
+        }
     }
 
     /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer.
-    pub async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
         tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
             .await
             .map_err(|_| PeerError::Timeout)?

@@ -28,7 +28,9 @@ pub struct Storage {
 
 /// Microseconds since the Unix epoch: the clock that versions client writes.
 pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Storage {
@@ -65,16 +67,26 @@ impl Storage {
         self.blocking(move |s| s.get(id, &key)).await
     }
 
-    pub async fn scan(&self, after: u64, upto: u64, resume: Option<Vec<u8>>) -> Result<Scan> {
-        use crate::wire::{BATCH_BYTES, BATCH_RECORDS};
-        self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), BATCH_RECORDS, BATCH_BYTES))
+    /// One batch of at most `records` records (and about `wire::BATCH_BYTES`) of (after, upto].
+    pub async fn scan(
+        &self,
+        after: u64,
+        upto: u64,
+        resume: Option<Vec<u8>>,
+        records: usize,
+    ) -> Result<Scan> {
+        let bytes = crate::wire::BATCH_BYTES;
+        self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), records, bytes))
             .await
     }
 
     /// Queues one write and waits until it is durable.
     pub async fn write(&self, w: Write) -> Result<Applied> {
         let (tx, rx) = oneshot::channel();
-        self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
+        self.writes
+            .send((w, tx))
+            .await
+            .map_err(|_| Error::StoreGone)?;
         rx.await.map_err(|_| Error::StoreGone)?
     }
 
@@ -84,7 +96,10 @@ impl Storage {
         let mut waits = Vec::with_capacity(ws.len());
         for w in ws {
             let (tx, rx) = oneshot::channel();
-            self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
+            self.writes
+                .send((w, tx))
+                .await
+                .map_err(|_| Error::StoreGone)?;
             waits.push(rx);
         }
         let mut out = Vec::with_capacity(waits.len());

@@ -72,20 +72,6 @@ impl Interval {
         let d = self.after.distance_to(x);
         self.after == self.upto || (d != 0 && d <= self.after.distance_to(self.upto))
     }
-
-    /// True if the interval crosses from u64::MAX to 0 (and is not the whole ring).
-    pub fn wraps(&self) -> bool {
-        self.after >= self.upto && self.after != self.upto
-    }
-
-    /// How many ids the interval holds, as a fraction of the ring (1.0 for the whole ring).
-    pub fn fraction(&self) -> f64 {
-        if self.after == self.upto {
-            1.0
-        } else {
-            self.after.distance_to(self.upto) as f64 / 2f64.powi(64)
-        }
-    }
 }
 
 /// The owner of `key` among `ids` (sorted ascending, no duplicates): the first id clockwise
@@ -103,7 +89,6 @@ mod tests {
     #[test]
     fn interval_wraps_around_zero() {
         let i = Interval::new(Id(u64::MAX - 5), Id(3));
-        assert!(i.wraps());
         assert!(i.contains(Id(u64::MAX)));
         assert!(i.contains(Id(0)));
         assert!(i.contains(Id(3)));

@@ -103,7 +103,10 @@ pub enum KvOutcome {
     NotFound,
     Done,
     /// The request failed along the way: an HTTP status and a one-line reason for the client.
-    Failed { status: u16, reason: String },
+    Failed {
+        status: u16,
+        reason: String,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -120,17 +123,32 @@ pub struct KvReply {
 pub enum Request {
     Kv(KvRequest),
     /// Chord's find_successor(id), forwarded clockwise; `hops` bounds it like a Kv request.
-    FindSuccessor { id: u64, hops: u32 },
+    FindSuccessor {
+        id: u64,
+        hops: u32,
+    },
     /// Stabilize: who is your predecessor (and successor)?
     Neighbors,
     /// `from` believes it is the receiver's predecessor.
-    Notify { from: NodeInfo },
+    Notify {
+        from: NodeInfo,
+    },
     /// Records to keep if newer: a handoff batch, or a write made while a handoff runs.
-    Merge { from: NodeInfo, records: Vec<Record> },
+    Merge {
+        from: NodeInfo,
+        records: Vec<Record>,
+    },
     /// A handoff to the receiver is complete; `pred` precedes the receiver now.
-    HandoffDone { from: NodeInfo, pred: Option<NodeInfo> },
+    HandoffDone {
+        from: NodeInfo,
+        pred: Option<NodeInfo>,
+    },
     /// `node` leaves; it sat between `pred` and `succ`.
-    Leaving { node: NodeInfo, pred: Option<NodeInfo>, succ: NodeInfo },
+    Leaving {
+        node: NodeInfo,
+        pred: Option<NodeInfo>,
+        succ: NodeInfo,
+    },
     /// This node's status, for ring walks.
     Status,
 }
@@ -147,8 +165,14 @@ pub struct Status {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Response {
     Kv(KvReply),
-    Successor { node: NodeInfo, hops: u32 },
-    Neighbors { pred: Option<NodeInfo>, succ: NodeInfo },
+    Successor {
+        node: NodeInfo,
+        hops: u32,
+    },
+    Neighbors {
+        pred: Option<NodeInfo>,
+        succ: NodeInfo,
+    },
     Status(Status),
     /// The request was accepted (or, for Notify and HandoffDone, considered).
     Ack,
