@@ -231,7 +231,7 @@ impl Node {
         let key = req.key.as_bytes().to_vec();
         let (write, value) = match &req.op {
             KvOp::Get => {
-                return Ok(match storage.get(id, key).await?.and_then(|r| r.value) {
+                return Ok(match storage.get(id, &key)?.and_then(|r| r.value) {
                     Some(v) => KvOutcome::Value(v),
                     None => KvOutcome::NotFound,
                 });
