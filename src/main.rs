@@ -20,8 +20,29 @@ use tokio_util::sync::CancellationToken;
     about = "A peer-to-peer distributed hash table: every node stores and routes clockwise"
 )]
 struct Cli {
+    /// Client token file for nodes started with --client-token-file (or env SDHT_CLIENT_TOKEN).
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A secret from a file (one trailing newline stripped) or, failing that, an environment
+/// variable.
+fn secret(file: Option<&PathBuf>, env: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+    match file {
+        Some(path) => {
+            let mut bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            Ok(Some(bytes))
+        }
+        None => Ok(env
+            .and_then(std::env::var_os)
+            .map(|v| v.into_encoded_bytes())),
+    }
 }
 
 #[derive(Subcommand)]
@@ -52,6 +73,19 @@ enum Command {
         /// Forwards after which a request is refused with 508 (a routing loop).
         #[arg(long, default_value_t = node::DEFAULT_HOP_LIMIT)]
         hop_limit: u32,
+        /// Shared secret of the ring, at least 32 bytes (or env SDHT_CLUSTER_KEY): node-to-node
+        /// calls are signed with it and unsigned ones refused.
+        #[arg(long, value_name = "PATH")]
+        cluster_key_file: Option<PathBuf>,
+        /// Require `Authorization: Bearer TOKEN` (the file's content) on /kv and /leave.
+        #[arg(long, value_name = "PATH")]
+        client_token_file: Option<PathBuf>,
+        /// With a client token, require it on /status and /ring too.
+        #[arg(long)]
+        private_status: bool,
+        /// Allow a node without a cluster key to listen on a non-loopback address.
+        #[arg(long)]
+        insecure: bool,
         /// Most keys in one handoff batch (smaller batches: more, shorter requests).
         #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
         handoff_batch_keys: u64,
@@ -137,16 +171,36 @@ async fn kv_result(answer: sdht::node::client::KvAnswer, key: &str) -> anyhow::R
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sdht: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sdht: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let client = Client::new();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let token = secret(cli.token_file.as_ref(), Some("SDHT_CLIENT_TOKEN"))?
+        .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
+        .transpose()?;
+    let client = Client::new().with_token(token);
+    match cli.command {
         Command::Serve {
             listen,
             data,
@@ -157,11 +211,31 @@ async fn main() -> anyhow::Result<ExitCode> {
             max_value_bytes,
             hop_limit,
             handoff_batch_keys,
+            cluster_key_file,
+            client_token_file,
+            private_status,
+            insecure,
         } => {
-            let listener = TcpListener::bind(&listen)
+            let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
+            // Checked before binding: an unauthenticated node never opens a public port.
+            let wanted: Vec<_> = tokio::net::lookup_host(&listen)
+                .await
+                .with_context(|| format!("cannot resolve --listen {listen}"))?
+                .collect();
+            if let Some(exposed) = wanted
+                .iter()
+                .find(|a| !node::auth::exposure_allowed(**a, cluster_key.is_some(), insecure))
+            {
+                bail!(
+                    "refusing to listen on {exposed} without a cluster key: anyone who reaches the port could join the ring \
+                     and rewrite data. Give --cluster-key-file (or SDHT_CLUSTER_KEY), listen on loopback, or pass --insecure."
+                );
+            }
+            let listener = TcpListener::bind(&wanted[..])
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            let local = listener.local_addr()?.to_string();
+            let local_addr = listener.local_addr()?;
+            let local = local_addr.to_string();
             let mut config = Config::new(advertise.unwrap_or(local), data);
             config.bootstrap = bootstrap;
             config.stabilize_every = Duration::from_millis(stabilize_ms.max(1));
@@ -169,6 +243,11 @@ async fn main() -> anyhow::Result<ExitCode> {
             config.max_value_bytes = max_value_bytes;
             config.hop_limit = hop_limit;
             config.handoff_batch = handoff_batch_keys as usize;
+            config.cluster_key = cluster_key;
+            config.client_token = secret(client_token_file.as_ref(), None)?
+                .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
+                .transpose()?;
+            config.private_status = private_status;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;

@@ -28,6 +28,8 @@ pub struct KvAnswer {
 #[derive(Clone)]
 pub struct Client {
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer ...` when the nodes require a client token.
+    token: Option<String>,
 }
 
 impl Default for Client {
@@ -55,7 +57,14 @@ impl Client {
         http.set_nodelay(true);
         Client {
             http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(http),
+            token: None,
         }
+    }
+
+    /// The same client, presenting `token` to every node.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// One HTTP call; returns status, headers and the whole body.
@@ -70,9 +79,13 @@ impl Client {
             addr: node.to_string(),
             source,
         };
-        let req = hyper::Request::builder()
+        let mut builder = hyper::Request::builder()
             .method(method)
-            .uri(format!("http://{node}{path}"))
+            .uri(format!("http://{node}{path}"));
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = builder
             .body(Full::new(body))
             .map_err(|_| unavailable(PeerError::BadAddress))?;
         let fut = async {

@@ -77,6 +77,12 @@ pub enum Error {
     /// This node is not a ring member (still joining, or refusing the call): 503, retry.
     #[error("this node is not serving the ring right now")]
     NotServing,
+    /// No valid credentials (cluster tag or bearer token): 401, and nothing changed.
+    #[error("{0}")]
+    Unauthorized(#[from] super::auth::AuthError),
+    /// The configured cluster key is unusable: fix the key file.
+    #[error(transparent)]
+    ClusterKey(#[from] super::auth::KeyTooShort),
     /// A node-to-node message did not decode: 400.
     #[error("bad message: {0}")]
     Wire(#[from] wire::Error),
@@ -122,6 +128,7 @@ impl Error {
             Error::InvalidInput(_) | Error::Wire(_) | Error::ForgedId(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::HopLimit(_) => StatusCode::LOOP_DETECTED,
@@ -129,6 +136,7 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::BootstrapIsSelf | Error::StillMember(_) => StatusCode::CONFLICT,
+            Error::ClusterKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_)
             | Error::CommitFailed(_)
             | Error::StoreGone

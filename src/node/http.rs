@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{self, AuthError, Signature, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::{BadInput, Error, Result};
 use super::peer::{RPC_PATH, WIRE_TYPE};
 use super::{Node, MAX_KEY_BYTES};
@@ -47,7 +50,9 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client that shuts its write side after the request still gets its answer.
+        .half_close(true);
     loop {
         let permit = tokio::select! {
             _ = halt.cancelled() => break,
@@ -104,15 +109,46 @@ fn json(value: serde_json::Value) -> Resp {
 
 fn error_response(e: &Error) -> Resp {
     let mut r = text(e.status(), e.to_string());
-    if let Error::MethodNotAllowed = e {
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+    match e {
+        Error::MethodNotAllowed => {
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+        }
+        Error::Unauthorized(AuthError::BadToken) => {
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
     }
     r
 }
 
+/// Checks the bearer token where the node has one.
+fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
+    match &node.inner.config.client_token {
+        None => Ok(()),
+        Some(token) => {
+            let header = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if auth::token_matches(header, token) {
+                Ok(())
+            } else {
+                Err(AuthError::BadToken.into())
+            }
+        }
+    }
+}
+
 async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
+    let public = matches!(path.as_str(), "/status" | "/ring") && !node.inner.config.private_status;
+    if path != RPC_PATH && !public {
+        if let Err(e) = authorize(&node, &req) {
+            return error_response(&e);
+        }
+    }
     let result = match path.as_str() {
         p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
         "/status" => only(&req, Method::GET).map(|()| json(status_json(&node.status()))),
@@ -240,7 +276,30 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
 }
 
 async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (time, nonce, tag) = (
+        header(TIME_HEADER),
+        header(NONCE_HEADER),
+        header(TAG_HEADER),
+    );
+    if node.inner.key.is_some() && (time.is_none() || nonce.is_none() || tag.is_none()) {
+        // Refuse an unsigned call before reading a body it may not send.
+        return Err(AuthError::BadTag.into());
+    }
     let body = read_body(req, node.inner.config.max_message()).await?;
+    if let Some(key) = &node.inner.key {
+        let sig = Signature {
+            time: time.as_deref(),
+            nonce: nonce.as_deref(),
+            tag: tag.as_deref(),
+        };
+        key.verify("POST", RPC_PATH, sig, &body)?;
+    }
     let request = Request::decode(&body)?;
     let response: Response = node.rpc(request).await?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(response.encode())));

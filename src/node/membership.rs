@@ -67,6 +67,13 @@ pub async fn join(
                 };
             }
             Ok(_) => PeerError::Unexpected,
+            // Refused our cluster key (or lack of one): retrying cannot help.
+            Err(e @ PeerError::Status(hyper::StatusCode::UNAUTHORIZED)) => {
+                return Err(Error::Join {
+                    bootstrap: bootstrap.to_string(),
+                    source: e,
+                });
+            }
             Err(e) => e,
         };
         if Instant::now() >= deadline {
@@ -179,6 +186,12 @@ impl Node {
         let Some(kind) = self.ring().handoff().map(|h| h.kind) else {
             return Ok(());
         };
+        if kind == HandoffKind::Join {
+            if let Err(e) = self.check_joiner(&to).await {
+                self.ring().abort_handoff();
+                return Err(e);
+            }
+        }
         self.inner
             .write_through_failed
             .store(false, Ordering::SeqCst);
@@ -250,6 +263,26 @@ impl Node {
             }
         }
         self.drop_range(range).await
+    }
+
+    /// A node that notified us must be alive and name us as its successor; otherwise a
+    /// notify from a stale or made-up address could take over a range with no keys in it.
+    async fn check_joiner(&self, to: &Peer) -> Result<()> {
+        let unavailable = |source| Error::Unavailable {
+            addr: to.addr.clone(),
+            source,
+        };
+        let timeout = self.inner.config.peer_timeout;
+        match self
+            .inner
+            .peers
+            .call(&to.addr, &Request::Status, timeout)
+            .await
+        {
+            Ok(Response::Status(s)) if s.succ.addr == self.inner.me.addr => Ok(()),
+            Ok(_) => Err(unavailable(PeerError::Unexpected)),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn tell_with_retries(&self, to: &Peer, req: &Request) {

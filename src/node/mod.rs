@@ -11,6 +11,7 @@
 //! Left out on purpose: failure detection, successor lists and replication (a crashed node's
 //! keys are unavailable until it returns), authentication of peers, TLS.
 
+pub mod auth;
 pub mod client;
 pub mod demo;
 mod error;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::{BadInput, Error, PeerError, Result};
+pub use http::parse_key;
 
 use crate::lmdb::{Applied, Record, Write};
 use crate::ring::{key_id, Peer, RingState, Route};
@@ -67,6 +69,13 @@ pub struct Config {
     pub hop_limit: u32,
     /// Most records in one handoff batch (at most `wire::BATCH_RECORDS`).
     pub handoff_batch: usize,
+    /// The ring's shared secret: node-to-node calls are signed with it and unsigned ones
+    /// refused. None: calls are not authenticated (only allowed on loopback).
+    pub cluster_key: Option<Vec<u8>>,
+    /// If set, `/kv` and `/leave` need `Authorization: Bearer <token>`.
+    pub client_token: Option<String>,
+    /// With a client token: `/status` and `/ring` need it too.
+    pub private_status: bool,
 }
 
 impl Config {
@@ -80,6 +89,9 @@ impl Config {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             hop_limit: DEFAULT_HOP_LIMIT,
             handoff_batch: wire::BATCH_RECORDS,
+            cluster_key: None,
+            client_token: None,
+            private_status: false,
         }
     }
 
@@ -106,6 +118,8 @@ struct Inner {
     write_through_failed: AtomicBool,
     storage: Storage,
     peers: Peers,
+    /// Checks incoming node-to-node calls; None when the ring runs without a key.
+    key: Option<Arc<auth::ClusterKey>>,
     /// Cancelled by `POST /leave`: the node leaves and `serve` returns.
     leave: CancellationToken,
     tasks: TaskTracker,
@@ -116,7 +130,16 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node> {
         let storage = Storage::open(&config.data_dir)?;
         let me = Peer::new(config.advertise.clone());
-        let peers = Peers::new(config.max_message());
+        let key = config
+            .cluster_key
+            .clone()
+            .map(auth::ClusterKey::new)
+            .transpose()?
+            .map(Arc::new);
+        if key.is_none() {
+            tracing::warn!(node = %config.advertise, "no cluster key: node-to-node calls are not authenticated");
+        }
+        let peers = Peers::new(config.max_message(), key.clone());
         let ring = match &config.bootstrap {
             None => RingState::alone(me.clone()),
             Some(b) => membership::join(&me, &peers, &storage, b).await?,
@@ -130,6 +153,7 @@ impl Node {
                 write_through_failed: AtomicBool::new(false),
                 storage,
                 peers,
+                key,
                 leave: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 config,

@@ -11,12 +11,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use std::sync::Arc;
+
+use super::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::PeerError;
 use crate::wire::{Message, Request, Response};
 
-/// How long an idle pooled connection to a peer stays open. Successors are called every
-/// stabilize period, so their connections never go idle this long; other peers' do and close.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How long an idle pooled connection to a peer stays open: below the server's 10 s header
+/// timeout, so the client drops an idle connection before the server closes it under a
+/// request in flight. Successors are called every stabilize period and stay connected.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 pub const RPC_PATH: &str = "/internal/rpc";
 pub const WIRE_TYPE: &str = "application/x-sdht";
@@ -25,11 +29,12 @@ pub const WIRE_TYPE: &str = "application/x-sdht";
 pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
     max_message: usize,
+    key: Option<Arc<ClusterKey>>,
 }
 
 impl Peers {
-    /// `max_message`: the largest answer accepted, in bytes.
-    pub fn new(max_message: usize) -> Peers {
+    /// `max_message`: the largest answer accepted, in bytes; `key` signs every call.
+    pub fn new(max_message: usize, key: Option<Arc<ClusterKey>>) -> Peers {
         let mut http = HttpConnector::new();
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
@@ -40,6 +45,7 @@ impl Peers {
         Peers {
             client,
             max_message,
+            key,
         }
     }
 
@@ -56,8 +62,16 @@ impl Peers {
     }
 
     async fn call_inner(&self, addr: &str, body: Vec<u8>) -> Result<Response, PeerError> {
-        let http_req = hyper::Request::post(format!("http://{addr}{RPC_PATH}"))
-            .header(CONTENT_TYPE, WIRE_TYPE)
+        let mut builder = hyper::Request::post(format!("http://{addr}{RPC_PATH}"))
+            .header(CONTENT_TYPE, WIRE_TYPE);
+        if let Some(key) = &self.key {
+            let (time, nonce, tag) = key.sign("POST", RPC_PATH, &body);
+            builder = builder
+                .header(TIME_HEADER, time)
+                .header(NONCE_HEADER, nonce)
+                .header(TAG_HEADER, tag);
+        }
+        let http_req = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| PeerError::BadAddress)?;
         let resp = self.client.request(http_req).await?;

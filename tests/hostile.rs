@@ -1,0 +1,486 @@
+//! Bad input against a live 3-node ring with a cluster key, sent over raw TCP: every case
+//! gets a clear 4xx (or a closed connection), and afterwards the node still answers and a
+//! checksum of all stored data, read through /kv, is unchanged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sdht::node::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use sdht::node::client::Client;
+use sdht::wire::{KvOp, KvRequest, Message, NodeInfo, Record, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use xxhash_rust::xxh3::xxh3_64;
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+const MAX_VALUE: usize = 4096;
+
+struct Ring {
+    nodes: Vec<NodeProc>,
+    keys: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Ring {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let key_arg = key_file.to_str().unwrap().to_string();
+    let max = MAX_VALUE.to_string();
+    let extra = ["--cluster-key-file", &key_arg, "--max-value-bytes", &max];
+    let mut nodes = vec![spawn_with(None, &extra).await];
+    for _ in 0..2 {
+        let b = nodes[0].addr.clone();
+        nodes.push(spawn_with(Some(&b), &extra).await);
+    }
+    wait_for_ring(&nodes).await;
+    let client = Client::new();
+    let mut keys = Vec::new();
+    for i in 0..60 {
+        let k = format!("key-{i}");
+        let a = client
+            .put(&nodes[i % 3].addr, &k, format!("value {i}"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 204);
+        keys.push(k);
+    }
+    Ring {
+        nodes,
+        keys,
+        _dir: dir,
+    }
+}
+
+impl Ring {
+    /// xxh3 over every key and its value (or absence), read through the first node.
+    async fn checksum(&self) -> u64 {
+        let client = Client::new();
+        let mut all = Vec::new();
+        for k in &self.keys {
+            let a = client.get(&self.nodes[0].addr, k).await.unwrap();
+            all.extend_from_slice(k.as_bytes());
+            all.extend_from_slice(&a.status.as_u16().to_be_bytes());
+            all.extend_from_slice(&a.body);
+        }
+        xxh3_64(&all)
+    }
+
+    async fn all_answer(&self) {
+        let client = Client::new();
+        for n in &self.nodes {
+            let s = client
+                .json(&n.addr, "/status")
+                .await
+                .expect("node stopped answering");
+            assert_eq!(s["addr"], n.addr.as_str());
+        }
+    }
+}
+
+/// Sends raw bytes, half-closes, and returns what came back (empty if the node closed).
+async fn raw(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn signed(key: &ClusterKey, addr: &str, body: &[u8]) -> Vec<u8> {
+    let (time, nonce, tag) = key.sign("POST", "/internal/rpc", body);
+    let mut req = format!(
+        "POST /internal/rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n{TIME_HEADER}: {time}\r\n{NONCE_HEADER}: {nonce}\r\n{TAG_HEADER}: {tag}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn unsigned(addr: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
+    let mut req = format!(
+        "POST /internal/rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n{extra_headers}connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn http(method: &str, path: &str, addr: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let ring = start().await;
+    let before = ring.checksum().await;
+    let a = ring.nodes[1].addr.clone();
+    let cluster = ClusterKey::new(KEY.to_vec()).unwrap();
+    let long_key = "k".repeat(257);
+    let evil_put = Request::Kv(KvRequest {
+        key: "key-1".into(),
+        op: KvOp::Put(b"evil".to_vec()),
+        hops: 0,
+        addressed: false,
+    })
+    .encode();
+    let evil_merge = Request::Merge {
+        from: NodeInfo {
+            addr: a.clone(),
+            id: sdht::ring::node_id(&a).0,
+        },
+        records: vec![Record {
+            key: "key-2".into(),
+            version: u64::MAX,
+            value: Some(b"evil".to_vec()),
+        }],
+    }
+    .encode();
+    let forged_from = Request::Notify {
+        from: NodeInfo {
+            addr: "127.0.0.1:1".into(),
+            id: 42,
+        },
+    }
+    .encode();
+    let mut wrong_version = Request::Neighbors.encode();
+    wrong_version[0] = 99;
+
+    // (what, request bytes, expected status; 0: the node may close without answering;
+    // 1000 + status: that status from hyper's own parser, which sends no body)
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("empty key", http("GET", "/kv/", &a, "", b""), 400),
+        (
+            "key over 256 bytes",
+            http("GET", &format!("/kv/{long_key}"), &a, "", b""),
+            400,
+        ),
+        (
+            "bad percent-encoding",
+            http("GET", "/kv/%zz", &a, "", b""),
+            400,
+        ),
+        ("key not UTF-8", http("GET", "/kv/%FF%FE", &a, "", b""), 400),
+        (
+            "two segments",
+            http("PUT", "/kv/a/b", &a, "content-length: 1\r\n", b"x"),
+            400,
+        ),
+        (
+            "value over the limit, by Content-Length",
+            http("PUT", "/kv/key-3", &a, "content-length: 5000\r\n", b""),
+            413,
+        ),
+        (
+            "value over the limit, chunked",
+            http(
+                "PUT",
+                "/kv/key-3",
+                &a,
+                "transfer-encoding: chunked\r\n",
+                b"1388\r\n",
+            )
+            .into_iter()
+            .chain(vec![b'x'; 5000])
+            .chain(b"\r\n0\r\n\r\n".iter().copied())
+            .collect(),
+            413,
+        ),
+        // hyper's parser refuses these itself, with a bare 400 (no body).
+        (
+            "absurd Content-Length",
+            http(
+                "PUT",
+                "/kv/key-3",
+                &a,
+                "content-length: 99999999999999999999999\r\n",
+                b"",
+            ),
+            1400,
+        ),
+        (
+            "negative Content-Length",
+            http("PUT", "/kv/key-3", &a, "content-length: -5\r\n", b""),
+            1400,
+        ),
+        (
+            "truncated body",
+            http(
+                "PUT",
+                "/kv/key-4",
+                &a,
+                "content-length: 100\r\n",
+                b"only ten..",
+            ),
+            0,
+        ),
+        (
+            "wrong method on /kv",
+            http("POST", "/kv/key-1", &a, "content-length: 0\r\n", b""),
+            405,
+        ),
+        (
+            "wrong method on /status",
+            http("DELETE", "/status", &a, "", b""),
+            405,
+        ),
+        (
+            "wrong method on /leave",
+            http("GET", "/leave", &a, "", b""),
+            405,
+        ),
+        ("unknown path", http("GET", "/nope", &a, "", b""), 404),
+        (
+            "garbage instead of HTTP",
+            b"\x00\x01\x02 hello there \xff\xfe\r\n\r\n".to_vec(),
+            1400,
+        ),
+        (
+            "header without end",
+            b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nfoo: ".to_vec(),
+            0,
+        ),
+        (
+            "internal call without a tag",
+            unsigned(&a, &evil_put, ""),
+            401,
+        ),
+        (
+            "internal call with a forged tag",
+            unsigned(
+                &a,
+                &evil_merge,
+                &format!(
+                    "{TIME_HEADER}: {}\r\n{NONCE_HEADER}: 1\r\n{TAG_HEADER}: {}\r\n",
+                    1,
+                    "ab".repeat(32)
+                ),
+            ),
+            401,
+        ),
+        (
+            "signed garbage",
+            signed(&cluster, &a, b"\x01\xff\xff\xff"),
+            400,
+        ),
+        (
+            "signed wrong version",
+            signed(&cluster, &a, &wrong_version),
+            400,
+        ),
+        (
+            "signed message with a forged node id",
+            signed(&cluster, &a, &forged_from),
+            400,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let resp = raw(&a, &bytes).await;
+        let got = status_of(&resp);
+        if want == 0 {
+            assert!(got == 0 || (400..500).contains(&got), "{what}: {resp:?}");
+        } else if want > 1000 {
+            assert_eq!(got, want - 1000, "{what}: {resp:?}");
+        } else {
+            assert_eq!(got, want, "{what}: {resp:?}");
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+            assert!(
+                !body.trim().is_empty() && body.trim().lines().count() == 1,
+                "{what}: body {body:?}"
+            );
+        }
+        ring.all_answer().await;
+        assert_eq!(ring.checksum().await, before, "{what} changed stored data");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_internal_calls_are_refused() {
+    let ring = start().await;
+    let a = ring.nodes[0].addr.clone();
+    let cluster = ClusterKey::new(KEY.to_vec()).unwrap();
+    // A valid signed write, as a node would send it: accepted once.
+    let put = Request::Kv(KvRequest {
+        key: "key-5".into(),
+        op: KvOp::Put(b"first".to_vec()),
+        hops: 0,
+        addressed: false,
+    })
+    .encode();
+    let call = signed(&cluster, &a, &put);
+    assert_eq!(status_of(&raw(&a, &call).await), 200);
+    let client = Client::new();
+    assert_eq!(&client.get(&a, "key-5").await.unwrap().body[..], b"first");
+    // The value changes; a replay of the captured call must not roll it back.
+    assert_eq!(client.put(&a, "key-5", "second").await.unwrap().status, 204);
+    let before = ring.checksum().await;
+    let resp = raw(&a, &call).await;
+    assert_eq!(status_of(&resp), 401, "{resp}");
+    assert!(resp.contains("replayed"), "{resp}");
+    assert_eq!(&client.get(&a, "key-5").await.unwrap().body[..], b"second");
+    assert_eq!(ring.checksum().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_costs_one_connection_and_a_notify_storm_does_not_stop_kv() {
+    let ring = start().await;
+    let a = ring.nodes[2].addr.clone();
+    let before = ring.checksum().await;
+    // Slowloris: connections that send half a header and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&a).await.unwrap();
+        s.write_all(b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // A storm of signed notifies and joins from nodes that do not exist.
+    let cluster = std::sync::Arc::new(ClusterKey::new(KEY.to_vec()).unwrap());
+    let storm = {
+        let (a, cluster) = (a.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u32;
+            for i in 0..3000u32 {
+                let fake = format!("127.0.0.1:{}", 20000 + i % 20000);
+                let msg = if i % 2 == 0 {
+                    Request::Notify {
+                        from: NodeInfo {
+                            id: sdht::ring::node_id(&fake).0,
+                            addr: fake,
+                        },
+                    }
+                } else {
+                    Request::FindSuccessor {
+                        id: sdht::ring::node_id(&fake).0,
+                        hops: 0,
+                    }
+                };
+                let body = msg.encode();
+                let _ = raw(&a, &signed(&cluster, &a, &body)).await;
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let client = Client::new();
+    let mut served = 0;
+    while !storm.is_finished() {
+        let got = client.get(&a, "key-7").await.unwrap();
+        assert_eq!(got.status, 200, "{:?}", got.body);
+        assert_eq!(&got.body[..], b"value 7");
+        served += 1;
+    }
+    assert_eq!(storm.await.unwrap(), 3000);
+    assert!(served > 0);
+    drop(stalled);
+    ring.all_answer().await;
+    assert_eq!(ring.checksum().await, before);
+    wait_for_ring(&ring.nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_keys_cannot_form_a_ring() {
+    let ring = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, b"another key, also long enough: 0123456789").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sdht"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--cluster-key-file",
+            other.to_str().unwrap(),
+            "--bootstrap",
+            &ring.nodes[0].addr,
+        ])
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "it must not claim to be listening");
+    let ids = ring_ids(&Client::new(), &ring.nodes[0].addr).await.unwrap();
+    assert_eq!(ids.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_node_refuses_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sdht"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .env_remove("SDHT_CLUSTER_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a cluster key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_guards_kv_and_optionally_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let t = token.to_str().unwrap().to_string();
+    let open = spawn_at(
+        "127.0.0.1:0",
+        &dir.path().join("a"),
+        None,
+        &["--client-token-file", &t],
+    )
+    .await;
+    let private = spawn_at(
+        "127.0.0.1:0",
+        &dir.path().join("b"),
+        None,
+        &["--client-token-file", &t, "--private-status"],
+    )
+    .await;
+    let anonymous = Client::new();
+    let holder = Client::new().with_token(Some("t0ken".into()));
+    for n in [&open, &private] {
+        assert_eq!(anonymous.put(&n.addr, "k", "v").await.unwrap().status, 401);
+        assert_eq!(anonymous.get(&n.addr, "k").await.unwrap().status, 401);
+        assert_eq!(
+            Client::new()
+                .with_token(Some("wrong".into()))
+                .get(&n.addr, "k")
+                .await
+                .unwrap()
+                .status,
+            401
+        );
+        assert_eq!(holder.put(&n.addr, "k", "v").await.unwrap().status, 204);
+        assert_eq!(&holder.get(&n.addr, "k").await.unwrap().body[..], b"v");
+        let leave = anonymous
+            .call(&n.addr, hyper::Method::POST, "/leave", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(leave.status(), 401);
+    }
+    assert!(anonymous.json(&open.addr, "/status").await.is_ok());
+    assert!(anonymous.json(&private.addr, "/status").await.is_err());
+    assert!(anonymous.json(&private.addr, "/ring").await.is_err());
+    assert!(holder.json(&private.addr, "/ring").await.is_ok());
+}
