@@ -159,6 +159,20 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         },
     }
     .encode();
+    let oversized_batch = Request::Merge {
+        from: NodeInfo {
+            addr: a.clone(),
+            id: sdht::ring::node_id(&a).0,
+        },
+        records: (0..=sdht::wire::BATCH_RECORDS)
+            .map(|i| Record {
+                key: format!("key-{i}"),
+                version: u64::MAX,
+                value: Some(b"evil".to_vec()),
+            })
+            .collect(),
+    }
+    .encode();
     let mut wrong_version = Request::Neighbors.encode();
     wrong_version[0] = 99;
 
@@ -287,6 +301,11 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         (
             "signed message with a forged node id",
             signed(&cluster, &a, &forged_from),
+            400,
+        ),
+        (
+            "signed handoff batch over the cap",
+            signed(&cluster, &a, &oversized_batch),
             400,
         ),
     ];

@@ -21,6 +21,8 @@ pub enum BadInput {
     BadContentLength,
     #[error("the request body was cut short")]
     TruncatedBody,
+    #[error("a handoff batch holds more records than a node sends")]
+    BatchTooLarge,
 }
 
 /// Why a peer call failed.

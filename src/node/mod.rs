@@ -367,6 +367,9 @@ impl Node {
             }
             Request::Merge { from, records } => {
                 Self::peer_from(&from)?;
+                if records.len() > wire::BATCH_RECORDS {
+                    return Err(BadInput::BatchTooLarge.into());
+                }
                 if self.ring().departed() {
                     // About to exit: what it stored now would be lost with it.
                     return Ok(Response::Busy);
