@@ -30,12 +30,7 @@ impl ValueFormatter for HopsFormatter {
     fn scale_values(&self, _typical: f64, _values: &mut [f64]) -> &'static str {
         "hops"
     }
-    fn scale_throughputs(
-        &self,
-        _typical: f64,
-        _t: &Throughput,
-        _values: &mut [f64],
-    ) -> &'static str {
+    fn scale_throughputs(&self, _typical: f64, _t: &Throughput, _values: &mut [f64]) -> &'static str {
         "hops"
     }
     fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
@@ -102,11 +97,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 fn main() {
     let quick = common::quick();
-    let sizes: &[usize] = if quick {
-        &[1, 2, 4, 8]
-    } else {
-        &[1, 2, 4, 8, 16, 32, 64]
-    };
+    let sizes: &[usize] = if quick { &[1, 2, 4, 8] } else { &[1, 2, 4, 8, 16, 32, 64] };
     let samples = if quick { 500 } else { 4000 };
     let (warm, measure) = if quick {
         (Duration::from_millis(200), Duration::from_millis(600))
@@ -130,17 +121,11 @@ fn main() {
     let (base_addr, client) = rt.block_on(async { (common::bare_server().await, Client::new()) });
     let base_rt_us = rt.block_on(async {
         for _ in 0..200 {
-            client
-                .call(&base_addr, hyper::Method::GET, "/", Default::default())
-                .await
-                .unwrap();
+            client.call(&base_addr, hyper::Method::GET, "/", Default::default()).await.unwrap();
         }
         let start = Instant::now();
         for _ in 0..samples {
-            client
-                .call(&base_addr, hyper::Method::GET, "/", Default::default())
-                .await
-                .unwrap();
+            client.call(&base_addr, hyper::Method::GET, "/", Default::default()).await.unwrap();
         }
         start.elapsed().as_secs_f64() * 1e6 / samples as f64
     });
@@ -149,10 +134,7 @@ fn main() {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    client
-                        .call(&base_addr, hyper::Method::GET, "/", Default::default())
-                        .await
-                        .unwrap();
+                    client.call(&base_addr, hyper::Method::GET, "/", Default::default()).await.unwrap();
                 }
                 start.elapsed()
             })
@@ -206,35 +188,29 @@ fn main() {
 
         // A ring of one answers every lookup in 0 hops, which criterion cannot analyse.
         if n > 1 {
-            hops_c.benchmark_group("hops_per_lookup").bench_function(
-                BenchmarkId::from_parameter(n),
-                |b| {
-                    b.iter_custom(|iters| {
-                        rt.block_on(async {
-                            let mut sum = 0u64;
-                            for _ in 0..iters {
-                                sum += u64::from(lk.one().await.0);
-                            }
-                            sum
-                        })
-                    })
-                },
-            );
-        }
-        wall.benchmark_group("lookup_latency").bench_function(
-            BenchmarkId::from_parameter(n),
-            |b| {
+            hops_c.benchmark_group("hops_per_lookup").bench_function(BenchmarkId::from_parameter(n), |b| {
                 b.iter_custom(|iters| {
                     rt.block_on(async {
-                        let mut sum = Duration::ZERO;
+                        let mut sum = 0u64;
                         for _ in 0..iters {
-                            sum += lk.one().await.1;
+                            sum += u64::from(lk.one().await.0);
                         }
                         sum
                     })
                 })
-            },
-        );
+            });
+        }
+        wall.benchmark_group("lookup_latency").bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut sum = Duration::ZERO;
+                    for _ in 0..iters {
+                        sum += lk.one().await.1;
+                    }
+                    sum
+                })
+            })
+        });
         rt.shutdown_timeout(Duration::from_secs(1));
         drop(ring);
     }
@@ -247,14 +223,9 @@ fn main() {
 /// Least-squares slope and intercept of latency (us) against mean hops.
 fn fit(rows: &[Row]) -> (f64, f64) {
     let n = rows.len() as f64;
-    let (sx, sy) = rows
-        .iter()
-        .fold((0.0, 0.0), |(x, y), r| (x + r.mean, y + r.latency_us));
+    let (sx, sy) = rows.iter().fold((0.0, 0.0), |(x, y), r| (x + r.mean, y + r.latency_us));
     let (mx, my) = (sx / n, sy / n);
-    let sxy: f64 = rows
-        .iter()
-        .map(|r| (r.mean - mx) * (r.latency_us - my))
-        .sum();
+    let sxy: f64 = rows.iter().map(|r| (r.mean - mx) * (r.latency_us - my)).sum();
     let sxx: f64 = rows.iter().map(|r| (r.mean - mx).powi(2)).sum();
     let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
     (slope, my - slope * mx)
@@ -267,11 +238,7 @@ fn report(rows: &[Row], base_rt_us: f64) {
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
     for r in rows {
         let expect = (r.n as f64 - 1.0) / 2.0;
-        let ratio = if expect > 0.0 {
-            format!("{:.3}", r.mean / expect)
-        } else {
-            "-".into()
-        };
+        let ratio = if expect > 0.0 { format!("{:.3}", r.mean / expect) } else { "-".into() };
         writeln!(
             md,
             "| {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
@@ -289,22 +256,9 @@ fn report(rows: &[Row], base_rt_us: f64) {
         .unwrap();
     }
     writeln!(md).unwrap();
-    writeln!(
-        md,
-        "bare hyper round trip (baseline, same client): {base_rt_us:.1} µs"
-    )
-    .unwrap();
-    writeln!(
-        md,
-        "lookup latency ≈ {intercept:.1} µs + {slope:.1} µs × hops"
-    )
-    .unwrap();
-    writeln!(
-        md,
-        "per-hop cost / baseline round trip: {:.2}",
-        slope / base_rt_us
-    )
-    .unwrap();
+    writeln!(md, "bare hyper round trip (baseline, same client): {base_rt_us:.1} µs").unwrap();
+    writeln!(md, "lookup latency ≈ {intercept:.1} µs + {slope:.1} µs × hops").unwrap();
+    writeln!(md, "per-hop cost / baseline round trip: {:.2}", slope / base_rt_us).unwrap();
     println!("\n{md}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdht-bench");
     let _ = std::fs::create_dir_all(&out);
@@ -343,13 +297,9 @@ fn svg(rows: &[Row]) -> String {
         r##"<polyline fill="none" stroke="#2a7" stroke-dasharray="2" points="{}"/>"##,
         line(&|n| 0.5 * n.log2())
     );
-    let measured = rows
-        .iter()
-        .map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.mean)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    s +=
-        &format!(r##"<polyline fill="none" stroke="#c33" stroke-width="2" points="{measured}"/>"##);
+    let measured =
+        rows.iter().map(|r| format!("{:.1},{:.1}", x(r.n as f64), y(r.mean))).collect::<Vec<_>>().join(" ");
+    s += &format!(r##"<polyline fill="none" stroke="#c33" stroke-width="2" points="{measured}"/>"##);
     for r in rows {
         s += &format!(
             r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="#c33"/><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"##,

@@ -48,11 +48,7 @@ async fn load(addrs: &[String], method: Method, want: u16, secs: Duration) -> f6
             let value = Bytes::from(vec![b'v'; VALUE]);
             while Instant::now() < deadline {
                 let key = rng.random_range(0..KEYS);
-                let body = if method == Method::PUT {
-                    value.clone()
-                } else {
-                    Bytes::new()
-                };
+                let body = if method == Method::PUT { value.clone() } else { Bytes::new() };
                 let req = hyper::Request::builder()
                     .method(method.clone())
                     .uri(format!("/kv/key-{key}"))
@@ -76,17 +72,9 @@ async fn load(addrs: &[String], method: Method, want: u16, secs: Duration) -> f6
 }
 
 fn main() {
-    let secs = if common::quick() {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
+    let secs = if common::quick() { Duration::from_secs(1) } else { Duration::from_secs(5) };
     let mut md = String::new();
-    writeln!(
-        md,
-        "| target | GET req/s | GET / baseline | PUT req/s | PUT / baseline |"
-    )
-    .unwrap();
+    writeln!(md, "| target | GET req/s | GET / baseline | PUT req/s | PUT / baseline |").unwrap();
     writeln!(md, "|---|---|---|---|---|").unwrap();
 
     let rt = common::runtime();
@@ -97,12 +85,7 @@ fn main() {
         let put = load(&addrs, Method::PUT, 200, secs).await;
         (get, put)
     });
-    writeln!(
-        md,
-        "| bare hyper (baseline) | {:.0} | 1.00 | {:.0} | 1.00 |",
-        base.0, base.1
-    )
-    .unwrap();
+    writeln!(md, "| bare hyper (baseline) | {:.0} | 1.00 | {:.0} | 1.00 |", base.0, base.1).unwrap();
     println!("baseline: GET {:.0}/s PUT {:.0}/s", base.0, base.1);
     drop(rt);
 
@@ -115,19 +98,9 @@ fn main() {
             let put = load(&ring.addrs, Method::PUT, 204, secs).await;
             (ring, get, put)
         });
-        let name = if n == 1 {
-            "sdht, 1 node".to_string()
-        } else {
-            format!("sdht, {n}-node ring")
-        };
+        let name = if n == 1 { "sdht, 1 node".to_string() } else { format!("sdht, {n}-node ring") };
         println!("{name}: GET {get:.0}/s PUT {put:.0}/s");
-        writeln!(
-            md,
-            "| {name} | {get:.0} | {:.2} | {put:.0} | {:.2} |",
-            get / base.0,
-            put / base.1
-        )
-        .unwrap();
+        writeln!(md, "| {name} | {get:.0} | {:.2} | {put:.0} | {:.2} |", get / base.0, put / base.1).unwrap();
         rt.shutdown_timeout(Duration::from_secs(1));
         drop(ring);
     }

@@ -32,16 +32,13 @@ struct Cli {
 fn secret(file: Option<&PathBuf>, env: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
     match file {
         Some(path) => {
-            let mut bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             if bytes.last() == Some(&b'\n') {
                 bytes.pop();
             }
             Ok(Some(bytes))
         }
-        None => Ok(env
-            .and_then(std::env::var_os)
-            .map(|v| v.into_encoded_bytes())),
+        None => Ok(env.and_then(std::env::var_os).map(|v| v.into_encoded_bytes())),
     }
 }
 
@@ -139,10 +136,9 @@ fn on_signal(token: CancellationToken) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
+            let (Ok(mut int), Ok(mut term)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
                 return;
             };
             tokio::select! {
@@ -222,18 +218,16 @@ async fn run() -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot resolve --listen {listen}"))?
                 .collect();
-            if let Some(exposed) = wanted
-                .iter()
-                .find(|a| !node::auth::exposure_allowed(**a, cluster_key.is_some(), insecure))
+            if let Some(exposed) =
+                wanted.iter().find(|a| !node::auth::exposure_allowed(**a, cluster_key.is_some(), insecure))
             {
                 bail!(
                     "refusing to listen on {exposed} without a cluster key: anyone who reaches the port could join the ring \
                      and rewrite data. Give --cluster-key-file (or SDHT_CLUSTER_KEY), listen on loopback, or pass --insecure."
                 );
             }
-            let listener = TcpListener::bind(&wanted[..])
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+            let listener =
+                TcpListener::bind(&wanted[..]).await.with_context(|| format!("cannot listen on {listen}"))?;
             let local_addr = listener.local_addr()?;
             let local = local_addr.to_string();
             let mut config = Config::new(advertise.unwrap_or(local), data);
@@ -273,15 +267,9 @@ async fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Leave { node } => {
-            let resp = client
-                .call(&node, Method::POST, "/leave", Default::default())
-                .await?;
+            let resp = client.call(&node, Method::POST, "/leave", Default::default()).await?;
             if resp.status() != StatusCode::ACCEPTED {
-                bail!(
-                    "{}: {}",
-                    resp.status(),
-                    String::from_utf8_lossy(resp.body()).trim()
-                );
+                bail!("{}: {}", resp.status(), String::from_utf8_lossy(resp.body()).trim());
             }
             // The node answers until it has handed its keys over; wait for it to go.
             while client.json(&node, "/status").await.is_ok() {
@@ -290,11 +278,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             println!("{node} left the ring");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            data,
-            base_port,
-            nodes,
-        } => {
+        Command::Demo { data, base_port, nodes } => {
             let shutdown = CancellationToken::new();
             on_signal(shutdown.clone());
             node::demo::run(data, "127.0.0.1", base_port, nodes, shutdown).await?;

@@ -40,18 +40,11 @@ async fn start() -> Ring {
     let mut keys = Vec::new();
     for i in 0..60 {
         let k = format!("key-{i}");
-        let a = client
-            .put(&nodes[i % 3].addr, &k, format!("value {i}"))
-            .await
-            .unwrap();
+        let a = client.put(&nodes[i % 3].addr, &k, format!("value {i}")).await.unwrap();
         assert_eq!(a.status, 204);
         keys.push(k);
     }
-    Ring {
-        nodes,
-        keys,
-        _dir: dir,
-    }
+    Ring { nodes, keys, _dir: dir }
 }
 
 impl Ring {
@@ -71,10 +64,7 @@ impl Ring {
     async fn all_answer(&self) {
         let client = Client::new();
         for n in &self.nodes {
-            let s = client
-                .json(&n.addr, "/status")
-                .await
-                .expect("node stopped answering");
+            let s = client.json(&n.addr, "/status").await.expect("node stopped answering");
             assert_eq!(s["addr"], n.addr.as_str());
         }
     }
@@ -91,10 +81,7 @@ async fn raw(addr: &str, bytes: &[u8]) -> String {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn signed(key: &ClusterKey, addr: &str, body: &[u8]) -> Vec<u8> {
@@ -119,9 +106,8 @@ fn unsigned(addr: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
 }
 
 fn http(method: &str, path: &str, addr: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n")
-            .into_bytes();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n")
+        .into_bytes();
     req.extend_from_slice(body);
     req
 }
@@ -141,35 +127,15 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     })
     .encode();
     let evil_merge = Request::Merge {
-        from: NodeInfo {
-            addr: a.clone(),
-            id: sdht::ring::node_id(&a).0,
-        },
-        records: vec![Record {
-            key: "key-2".into(),
-            version: u64::MAX,
-            value: Some(b"evil".to_vec()),
-        }],
+        from: NodeInfo { addr: a.clone(), id: sdht::ring::node_id(&a).0 },
+        records: vec![Record { key: "key-2".into(), version: u64::MAX, value: Some(b"evil".to_vec()) }],
     }
     .encode();
-    let forged_from = Request::Notify {
-        from: NodeInfo {
-            addr: "127.0.0.1:1".into(),
-            id: 42,
-        },
-    }
-    .encode();
+    let forged_from = Request::Notify { from: NodeInfo { addr: "127.0.0.1:1".into(), id: 42 } }.encode();
     let oversized_batch = Request::Merge {
-        from: NodeInfo {
-            addr: a.clone(),
-            id: sdht::ring::node_id(&a).0,
-        },
+        from: NodeInfo { addr: a.clone(), id: sdht::ring::node_id(&a).0 },
         records: (0..=sdht::wire::BATCH_RECORDS)
-            .map(|i| Record {
-                key: format!("key-{i}"),
-                version: u64::MAX,
-                value: Some(b"evil".to_vec()),
-            })
+            .map(|i| Record { key: format!("key-{i}"), version: u64::MAX, value: Some(b"evil".to_vec()) })
             .collect(),
     }
     .encode();
@@ -180,22 +146,10 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     // 1000 + status: that status from hyper's own parser, which sends no body)
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("empty key", http("GET", "/kv/", &a, "", b""), 400),
-        (
-            "key over 256 bytes",
-            http("GET", &format!("/kv/{long_key}"), &a, "", b""),
-            400,
-        ),
-        (
-            "bad percent-encoding",
-            http("GET", "/kv/%zz", &a, "", b""),
-            400,
-        ),
+        ("key over 256 bytes", http("GET", &format!("/kv/{long_key}"), &a, "", b""), 400),
+        ("bad percent-encoding", http("GET", "/kv/%zz", &a, "", b""), 400),
         ("key not UTF-8", http("GET", "/kv/%FF%FE", &a, "", b""), 400),
-        (
-            "two segments",
-            http("PUT", "/kv/a/b", &a, "content-length: 1\r\n", b"x"),
-            400,
-        ),
+        ("two segments", http("PUT", "/kv/a/b", &a, "content-length: 1\r\n", b"x"), 400),
         (
             "value over the limit, by Content-Length",
             http("PUT", "/kv/key-3", &a, "content-length: 5000\r\n", b""),
@@ -203,78 +157,28 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         ),
         (
             "value over the limit, chunked",
-            http(
-                "PUT",
-                "/kv/key-3",
-                &a,
-                "transfer-encoding: chunked\r\n",
-                b"1388\r\n",
-            )
-            .into_iter()
-            .chain(vec![b'x'; 5000])
-            .chain(b"\r\n0\r\n\r\n".iter().copied())
-            .collect(),
+            http("PUT", "/kv/key-3", &a, "transfer-encoding: chunked\r\n", b"1388\r\n")
+                .into_iter()
+                .chain(vec![b'x'; 5000])
+                .chain(b"\r\n0\r\n\r\n".iter().copied())
+                .collect(),
             413,
         ),
         // hyper's parser refuses these itself, with a bare 400 (no body).
         (
             "absurd Content-Length",
-            http(
-                "PUT",
-                "/kv/key-3",
-                &a,
-                "content-length: 99999999999999999999999\r\n",
-                b"",
-            ),
+            http("PUT", "/kv/key-3", &a, "content-length: 99999999999999999999999\r\n", b""),
             1400,
         ),
-        (
-            "negative Content-Length",
-            http("PUT", "/kv/key-3", &a, "content-length: -5\r\n", b""),
-            1400,
-        ),
-        (
-            "truncated body",
-            http(
-                "PUT",
-                "/kv/key-4",
-                &a,
-                "content-length: 100\r\n",
-                b"only ten..",
-            ),
-            0,
-        ),
-        (
-            "wrong method on /kv",
-            http("POST", "/kv/key-1", &a, "content-length: 0\r\n", b""),
-            405,
-        ),
-        (
-            "wrong method on /status",
-            http("DELETE", "/status", &a, "", b""),
-            405,
-        ),
-        (
-            "wrong method on /leave",
-            http("GET", "/leave", &a, "", b""),
-            405,
-        ),
+        ("negative Content-Length", http("PUT", "/kv/key-3", &a, "content-length: -5\r\n", b""), 1400),
+        ("truncated body", http("PUT", "/kv/key-4", &a, "content-length: 100\r\n", b"only ten.."), 0),
+        ("wrong method on /kv", http("POST", "/kv/key-1", &a, "content-length: 0\r\n", b""), 405),
+        ("wrong method on /status", http("DELETE", "/status", &a, "", b""), 405),
+        ("wrong method on /leave", http("GET", "/leave", &a, "", b""), 405),
         ("unknown path", http("GET", "/nope", &a, "", b""), 404),
-        (
-            "garbage instead of HTTP",
-            b"\x00\x01\x02 hello there \xff\xfe\r\n\r\n".to_vec(),
-            1400,
-        ),
-        (
-            "header without end",
-            b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nfoo: ".to_vec(),
-            0,
-        ),
-        (
-            "internal call without a tag",
-            unsigned(&a, &evil_put, ""),
-            401,
-        ),
+        ("garbage instead of HTTP", b"\x00\x01\x02 hello there \xff\xfe\r\n\r\n".to_vec(), 1400),
+        ("header without end", b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nfoo: ".to_vec(), 0),
+        ("internal call without a tag", unsigned(&a, &evil_put, ""), 401),
         (
             "internal call with a forged tag",
             unsigned(
@@ -288,26 +192,10 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             ),
             401,
         ),
-        (
-            "signed garbage",
-            signed(&cluster, &a, b"\x01\xff\xff\xff"),
-            400,
-        ),
-        (
-            "signed wrong version",
-            signed(&cluster, &a, &wrong_version),
-            400,
-        ),
-        (
-            "signed message with a forged node id",
-            signed(&cluster, &a, &forged_from),
-            400,
-        ),
-        (
-            "signed handoff batch over the cap",
-            signed(&cluster, &a, &oversized_batch),
-            400,
-        ),
+        ("signed garbage", signed(&cluster, &a, b"\x01\xff\xff\xff"), 400),
+        ("signed wrong version", signed(&cluster, &a, &wrong_version), 400),
+        ("signed message with a forged node id", signed(&cluster, &a, &forged_from), 400),
+        ("signed handoff batch over the cap", signed(&cluster, &a, &oversized_batch), 400),
     ];
     for (what, bytes, want) in cases {
         let resp = raw(&a, &bytes).await;
@@ -319,10 +207,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         } else {
             assert_eq!(got, want, "{what}: {resp:?}");
             let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-            assert!(
-                !body.trim().is_empty() && body.trim().lines().count() == 1,
-                "{what}: body {body:?}"
-            );
+            assert!(!body.trim().is_empty() && body.trim().lines().count() == 1, "{what}: body {body:?}");
         }
         ring.all_answer().await;
         assert_eq!(ring.checksum().await, before, "{what} changed stored data");
@@ -365,9 +250,7 @@ async fn a_stalled_client_costs_one_connection_and_a_notify_storm_does_not_stop_
     let mut stalled = Vec::new();
     for _ in 0..50 {
         let mut s = TcpStream::connect(&a).await.unwrap();
-        s.write_all(b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nx-slow: ")
-            .await
-            .unwrap();
+        s.write_all(b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
         stalled.push(s);
     }
     // A storm of signed notifies and joins from nodes that do not exist.
@@ -379,17 +262,9 @@ async fn a_stalled_client_costs_one_connection_and_a_notify_storm_does_not_stop_
             for i in 0..3000u32 {
                 let fake = format!("127.0.0.1:{}", 20000 + i % 20000);
                 let msg = if i % 2 == 0 {
-                    Request::Notify {
-                        from: NodeInfo {
-                            id: sdht::ring::node_id(&fake).0,
-                            addr: fake,
-                        },
-                    }
+                    Request::Notify { from: NodeInfo { id: sdht::ring::node_id(&fake).0, addr: fake } }
                 } else {
-                    Request::FindSuccessor {
-                        id: sdht::ring::node_id(&fake).0,
-                        hops: 0,
-                    }
+                    Request::FindSuccessor { id: sdht::ring::node_id(&fake).0, hops: 0 }
                 };
                 let body = msg.encode();
                 let _ = raw(&a, &signed(&cluster, &a, &body)).await;
@@ -423,20 +298,11 @@ async fn nodes_with_different_keys_cannot_form_a_ring() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sdht"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path().join("data"))
-        .args([
-            "--cluster-key-file",
-            other.to_str().unwrap(),
-            "--bootstrap",
-            &ring.nodes[0].addr,
-        ])
+        .args(["--cluster-key-file", other.to_str().unwrap(), "--bootstrap", &ring.nodes[0].addr])
         .output();
     let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("401"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "it must not claim to be listening");
     let ids = ring_ids(&Client::new(), &ring.nodes[0].addr).await.unwrap();
     assert_eq!(ids.len(), 3);
@@ -462,13 +328,7 @@ async fn a_client_token_guards_kv_and_optionally_status() {
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken\n").unwrap();
     let t = token.to_str().unwrap().to_string();
-    let open = spawn_at(
-        "127.0.0.1:0",
-        &dir.path().join("a"),
-        None,
-        &["--client-token-file", &t],
-    )
-    .await;
+    let open = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &["--client-token-file", &t]).await;
     let private = spawn_at(
         "127.0.0.1:0",
         &dir.path().join("b"),
@@ -482,20 +342,12 @@ async fn a_client_token_guards_kv_and_optionally_status() {
         assert_eq!(anonymous.put(&n.addr, "k", "v").await.unwrap().status, 401);
         assert_eq!(anonymous.get(&n.addr, "k").await.unwrap().status, 401);
         assert_eq!(
-            Client::new()
-                .with_token(Some("wrong".into()))
-                .get(&n.addr, "k")
-                .await
-                .unwrap()
-                .status,
+            Client::new().with_token(Some("wrong".into())).get(&n.addr, "k").await.unwrap().status,
             401
         );
         assert_eq!(holder.put(&n.addr, "k", "v").await.unwrap().status, 204);
         assert_eq!(&holder.get(&n.addr, "k").await.unwrap().body[..], b"v");
-        let leave = anonymous
-            .call(&n.addr, hyper::Method::POST, "/leave", Default::default())
-            .await
-            .unwrap();
+        let leave = anonymous.call(&n.addr, hyper::Method::POST, "/leave", Default::default()).await.unwrap();
         assert_eq!(leave.status(), 401);
     }
     assert!(anonymous.json(&open.addr, "/status").await.is_ok());

@@ -102,10 +102,7 @@ async fn write_keys(
     for i in 0..n {
         let key = format!("{prefix}{i}");
         let value = format!("value {i} of {prefix}").into_bytes();
-        let a = client
-            .put(addrs.choose(&mut rng).unwrap(), &key, value.clone())
-            .await
-            .unwrap();
+        let a = client.put(addrs.choose(&mut rng).unwrap(), &key, value.clone()).await.unwrap();
         assert_eq!(a.status, 204, "{key}");
         acked.insert(key, Some(value));
     }
@@ -127,16 +124,8 @@ async fn four_nodes_serve_every_key_through_every_node() {
     for n in &nodes {
         let i = ids.iter().position(|x| *x == n.id).unwrap();
         let range = Interval::new(ids[(i + 3) % 4], n.id);
-        let expect = acked
-            .keys()
-            .filter(|k| range.contains(key_id(k.as_bytes())))
-            .count() as u64;
-        assert_eq!(
-            keys_on(&client, &n.addr).await,
-            expect,
-            "keys on {}",
-            n.addr
-        );
+        let expect = acked.keys().filter(|k| range.contains(key_id(k.as_bytes()))).count() as u64;
+        assert_eq!(keys_on(&client, &n.addr).await, expect, "keys on {}", n.addr);
     }
 }
 
@@ -160,17 +149,12 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 4).await;
     let new = &nodes[4];
-    let pred = Id::from_hex(
-        client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let pred =
+        Id::from_hex(client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"].as_str().unwrap())
+            .unwrap();
     let range = Interval::new(pred, new.id);
-    let expect = acked
-        .iter()
-        .filter(|(k, v)| v.is_some() && range.contains(key_id(k.as_bytes())))
-        .count() as u64;
+    let expect =
+        acked.iter().filter(|(k, v)| v.is_some() && range.contains(key_id(k.as_bytes()))).count() as u64;
     assert_eq!(keys_on(&client, &new.addr).await, expect);
 }
 

@@ -24,11 +24,7 @@ pub fn quick() -> bool {
 /// The runtime every benchmark runs its nodes, baseline and clients on: two workers, the
 /// machine's two cores.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// The baseline: a bare hyper 1.x HTTP/1.1 server on loopback that reads the request body
@@ -52,9 +48,7 @@ pub async fn bare_server() -> String {
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
                     }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -85,11 +79,7 @@ pub async fn start_ring(n: usize) -> Ring {
         addrs.push(addr);
         tokens.push(token);
     }
-    let ring = Ring {
-        addrs,
-        _tokens: tokens,
-        _dir: dir,
-    };
+    let ring = Ring { addrs, _tokens: tokens, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(300);
     while !ring.settled().await {
         assert!(Instant::now() < deadline, "ring of {n} did not settle");
@@ -101,11 +91,8 @@ pub async fn start_ring(n: usize) -> Ring {
 impl Ring {
     async fn settled(&self) -> bool {
         let client = Client::new();
-        let mut by_id: Vec<(sdht::ring::Id, &String)> = self
-            .addrs
-            .iter()
-            .map(|a| (sdht::ring::node_id(a), a))
-            .collect();
+        let mut by_id: Vec<(sdht::ring::Id, &String)> =
+            self.addrs.iter().map(|a| (sdht::ring::node_id(a), a)).collect();
         by_id.sort();
         let n = by_id.len();
         for (i, (_, addr)) in by_id.iter().enumerate() {

@@ -70,12 +70,7 @@ impl Record {
 pub enum Write {
     /// A client's write at the key's owner. It always wins: its version is `clock`, raised
     /// above the stored version if needed.
-    Put {
-        id: u64,
-        key: Vec<u8>,
-        value: Vec<u8>,
-        clock: u64,
-    },
+    Put { id: u64, key: Vec<u8>, value: Vec<u8>, clock: u64 },
     /// A client's delete at the owner: a tombstone, versioned like `Put`; nothing (Unchanged)
     /// when there is no live value.
     Delete { id: u64, key: Vec<u8>, clock: u64 },
@@ -109,6 +104,12 @@ pub struct Store {
     tombs: Database<Bytes, Unit>,
     meta: Database<Bytes, Bytes>,
     live: AtomicU64,
+    live_bytes: AtomicU64,
+}
+
+/// Live keys and bytes one record contributes (none for a tombstone or no record).
+fn usage(key: &[u8], value: Option<&[u8]>) -> (i64, i64) {
+    value.map_or((0, 0), |v| (1, (key.len() + v.len()) as i64))
 }
 
 fn record_key(id: u64, key: &[u8]) -> Vec<u8> {
@@ -138,12 +139,7 @@ fn decode(rkey: &[u8], raw: &[u8]) -> Result<Record> {
         TOMBSTONE => None,
         _ => return Err(corrupt()),
     };
-    Ok(Record {
-        id,
-        key: rkey[8..].to_vec(),
-        version,
-        value,
-    })
+    Ok(Record { id, key: rkey[8..].to_vec(), version, value })
 }
 
 /// The id segments of (after, upto] in scan order, each inclusive: one, or two when the
@@ -166,42 +162,41 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(heed::Error::Io)?;
         // SAFETY: heed requires that the same environment is not opened twice in one process
         // and that the files are not modified by other means while open; the node owns `dir`.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(4)
-                .open(dir)?
-        };
+        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(4).open(dir)? };
         let mut wtxn = env.write_txn()?;
         let records = env.create_database(&mut wtxn, Some("records"))?;
         let tombs = env.create_database(&mut wtxn, Some("tombs"))?;
         let meta = env.create_database(&mut wtxn, Some("meta"))?;
         wtxn.commit()?;
-        let store = Store {
-            env,
-            records,
-            tombs,
-            meta,
-            live: AtomicU64::new(0),
-        };
-        let live = store.count_live()?;
-        store.live.store(live, Ordering::Relaxed);
+        let store =
+            Store { env, records, tombs, meta, live: AtomicU64::new(0), live_bytes: AtomicU64::new(0) };
+        let (keys, bytes) = store.count_live()?;
+        store.live.store(keys, Ordering::Relaxed);
+        store.live_bytes.store(bytes, Ordering::Relaxed);
         Ok(store)
     }
 
-    fn count_live(&self) -> Result<u64> {
+    fn count_live(&self) -> Result<(u64, u64)> {
         let rtxn = self.env.read_txn()?;
-        let mut n = 0;
+        let (mut keys, mut bytes) = (0, 0);
         for item in self.records.iter(&rtxn)? {
-            let (_, raw) = item?;
-            n += u64::from(raw.first() == Some(&LIVE));
+            let (rkey, raw) = item?;
+            if raw.first() == Some(&LIVE) {
+                keys += 1;
+                bytes += (rkey.len() - 8 + raw.len() - HEADER) as u64;
+            }
         }
-        Ok(n)
+        Ok((keys, bytes))
     }
 
     /// Live keys stored (tombstones not counted).
     pub fn live_keys(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of live keys and values stored.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
     }
 
     /// The record of a key, tombstone included.
@@ -215,19 +210,10 @@ impl Store {
     }
 
     fn current(&self, txn: &RoTxn, rkey: &[u8]) -> Result<Option<Record>> {
-        self.records
-            .get(txn, rkey)?
-            .map(|raw| decode(rkey, raw))
-            .transpose()
+        self.records.get(txn, rkey)?.map(|raw| decode(rkey, raw)).transpose()
     }
 
-    fn store(
-        &self,
-        txn: &mut RwTxn,
-        rkey: &[u8],
-        version: u64,
-        value: Option<&[u8]>,
-    ) -> Result<()> {
+    fn store(&self, txn: &mut RwTxn, rkey: &[u8], version: u64, value: Option<&[u8]>) -> Result<()> {
         self.records.put(txn, rkey, &encode_value(version, value))?;
         if value.is_none() {
             let mut tk = version.to_be_bytes().to_vec();
@@ -242,7 +228,13 @@ impl Store {
     pub fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
         let mut txn = self.env.write_txn()?;
         let mut out = Vec::with_capacity(writes.len());
-        let mut live = self.live.load(Ordering::Relaxed) as i64;
+        let (mut keys, mut bytes) = (0i64, 0i64);
+        let mut account = |old: Option<&Record>, key: &[u8], new: Option<&[u8]>| {
+            let (ok, ob) = old.map_or((0, 0), |o| usage(&o.key, o.value.as_deref()));
+            let (nk, nb) = usage(key, new);
+            keys += nk - ok;
+            bytes += nb - ob;
+        };
         for w in writes {
             let applied = match w {
                 Write::Put { id, key, clock, .. } | Write::Delete { id, key, clock } => {
@@ -253,31 +245,25 @@ impl Store {
                         out.push(Applied::Unchanged);
                         continue;
                     }
-                    let version = (*clock).max(old.map_or(0, |r| r.version + 1));
+                    let version = (*clock).max(old.as_ref().map_or(0, |r| r.version + 1));
                     let value = match w {
                         Write::Put { value, .. } => Some(value.as_slice()),
                         _ => None,
                     };
                     self.store(&mut txn, &rkey, version, value)?;
-                    live += i64::from(value.is_some()) - i64::from(existed);
+                    account(old.as_ref(), key, value);
                     Applied::Stored { version, existed }
                 }
                 Write::Merge(rec) => {
                     let rkey = record_key(rec.id, &rec.key);
                     let old = self.current(&txn, &rkey)?;
-                    if old
-                        .as_ref()
-                        .is_some_and(|o| !rec.newer_than(o.version, o.value.as_deref()))
-                    {
+                    if old.as_ref().is_some_and(|o| !rec.newer_than(o.version, o.value.as_deref())) {
                         Applied::Unchanged
                     } else {
-                        let existed = old.is_some_and(|r| r.value.is_some());
+                        let existed = old.as_ref().is_some_and(|r| r.value.is_some());
                         self.store(&mut txn, &rkey, rec.version, rec.value.as_deref())?;
-                        live += i64::from(rec.value.is_some()) - i64::from(existed);
-                        Applied::Stored {
-                            version: rec.version,
-                            existed,
-                        }
+                        account(old.as_ref(), &rec.key, rec.value.as_deref());
+                        Applied::Stored { version: rec.version, existed }
                     }
                 }
                 Write::Remove { id, key, version } => {
@@ -285,11 +271,8 @@ impl Store {
                     match self.current(&txn, &rkey)? {
                         Some(old) if old.version <= *version => {
                             self.records.delete(&mut txn, &rkey)?;
-                            live -= i64::from(old.value.is_some());
-                            Applied::Stored {
-                                version: old.version,
-                                existed: old.value.is_some(),
-                            }
+                            account(Some(&old), key, None);
+                            Applied::Stored { version: old.version, existed: old.value.is_some() }
                         }
                         _ => Applied::Unchanged,
                     }
@@ -298,7 +281,12 @@ impl Store {
             out.push(applied);
         }
         txn.commit()?;
-        self.live.store(live.max(0) as u64, Ordering::Relaxed);
+        // Only the writer thread applies, so these read-modify-writes do not race.
+        let add = |n: &AtomicU64, d: i64| {
+            n.store((n.load(Ordering::Relaxed) as i64 + d).max(0) as u64, Ordering::Relaxed)
+        };
+        add(&self.live, keys);
+        add(&self.live_bytes, bytes);
         Ok(out)
     }
 
@@ -316,16 +304,12 @@ impl Store {
         let rtxn = self.env.read_txn()?;
         let mut records = Vec::new();
         let mut bytes = 0;
-        let resume_id = resume
-            .filter(|r| r.len() >= 8)
-            .map(|r| u64::from_be_bytes(r[..8].try_into().unwrap()));
+        let resume_id =
+            resume.filter(|r| r.len() >= 8).map(|r| u64::from_be_bytes(r[..8].try_into().unwrap()));
         let segs = segments(after, upto);
         // Skip the segments already done: the resume key lies in the first one left.
-        let start = resume_id.map_or(0, |rid| {
-            segs.iter()
-                .position(|&(lo, hi)| lo <= rid && rid <= hi)
-                .unwrap_or(segs.len())
-        });
+        let start = resume_id
+            .map_or(0, |rid| segs.iter().position(|&(lo, hi)| lo <= rid && rid <= hi).unwrap_or(segs.len()));
         for (i, &(lo, hi)) in segs.iter().enumerate().skip(start) {
             let lo_key = lo.to_be_bytes();
             let from = match resume {
@@ -333,11 +317,7 @@ impl Store {
                 _ => Bound::Included(&lo_key[..]),
             };
             let hi_key = hi.wrapping_add(1).to_be_bytes();
-            let to = if hi == u64::MAX {
-                Bound::Unbounded
-            } else {
-                Bound::Excluded(&hi_key[..])
-            };
+            let to = if hi == u64::MAX { Bound::Unbounded } else { Bound::Excluded(&hi_key[..]) };
             for item in self.records.range(&rtxn, &(from, to))? {
                 let (rkey, raw) = item?;
                 let rec = decode(rkey, raw)?;
@@ -349,10 +329,7 @@ impl Store {
                 }
             }
         }
-        Ok(Scan {
-            records,
-            next: None,
-        })
+        Ok(Scan { records, next: None })
     }
 
     /// Deletes tombstones whose version is below `before` (versions are microsecond clocks),
@@ -361,10 +338,7 @@ impl Store {
         let mut txn = self.env.write_txn()?;
         let old: Vec<Vec<u8>> = self
             .tombs
-            .range(
-                &txn,
-                &(Bound::Unbounded, Bound::Excluded(&before.to_be_bytes()[..])),
-            )?
+            .range(&txn, &(Bound::Unbounded, Bound::Excluded(&before.to_be_bytes()[..])))?
             .take(max)
             .map(|item| item.map(|(k, ())| k.to_vec()))
             .collect::<std::result::Result<_, _>>()?;

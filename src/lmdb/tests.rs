@@ -2,12 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn put(id: u64, key: &str, value: &str, clock: u64) -> Write {
-    Write::Put {
-        id,
-        key: key.into(),
-        value: value.into(),
-        clock,
-    }
+    Write::Put { id, key: key.into(), value: value.into(), clock }
 }
 
 fn value_of(s: &Store, id: u64, key: &str) -> Option<Vec<u8>> {
@@ -22,27 +17,11 @@ fn put_get_delete() {
     s.apply(&[put(1, "a", "one", 10)]).unwrap();
     assert_eq!(value_of(&s, 1, "a").as_deref(), Some(&b"one"[..]));
     assert_eq!(s.live_keys(), 1);
-    let r = s
-        .apply(&[Write::Delete {
-            id: 1,
-            key: "a".into(),
-            clock: 5,
-        }])
-        .unwrap();
+    let r = s.apply(&[Write::Delete { id: 1, key: "a".into(), clock: 5 }]).unwrap();
     // The clock ran behind the stored version: the delete still wins, with a higher version.
-    assert_eq!(
-        r,
-        vec![Applied::Stored {
-            version: 11,
-            existed: true
-        }]
-    );
+    assert_eq!(r, vec![Applied::Stored { version: 11, existed: true }]);
     assert_eq!(value_of(&s, 1, "a"), None);
-    assert_eq!(
-        s.get(1, b"a").unwrap().unwrap().version,
-        11,
-        "tombstone kept"
-    );
+    assert_eq!(s.get(1, b"a").unwrap().unwrap().version, 11, "tombstone kept");
     assert_eq!(s.live_keys(), 0);
 }
 
@@ -51,56 +30,25 @@ fn merge_keeps_the_newest_version() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     s.apply(&[put(1, "k", "new", 100)]).unwrap();
-    let old = Record {
-        id: 1,
-        key: b"k".to_vec(),
-        version: 50,
-        value: Some(b"old".to_vec()),
-    };
-    assert_eq!(
-        s.apply(&[Write::Merge(old)]).unwrap(),
-        vec![Applied::Unchanged]
-    );
-    let tomb = Record {
-        id: 1,
-        key: b"k".to_vec(),
-        version: 150,
-        value: None,
-    };
+    let old = Record { id: 1, key: b"k".to_vec(), version: 50, value: Some(b"old".to_vec()) };
+    assert_eq!(s.apply(&[Write::Merge(old)]).unwrap(), vec![Applied::Unchanged]);
+    let tomb = Record { id: 1, key: b"k".to_vec(), version: 150, value: None };
     s.apply(&[Write::Merge(tomb)]).unwrap();
     assert_eq!(value_of(&s, 1, "k"), None);
-    let stale = Record {
-        id: 1,
-        key: b"k".to_vec(),
-        version: 120,
-        value: Some(b"x".to_vec()),
-    };
-    assert_eq!(
-        s.apply(&[Write::Merge(stale)]).unwrap(),
-        vec![Applied::Unchanged],
-        "no resurrection"
-    );
+    let stale = Record { id: 1, key: b"k".to_vec(), version: 120, value: Some(b"x".to_vec()) };
+    assert_eq!(s.apply(&[Write::Merge(stale)]).unwrap(), vec![Applied::Unchanged], "no resurrection");
 }
 
 #[test]
 fn remove_spares_a_record_that_changed() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.apply(&[put(1, "a", "x", 10), put(2, "b", "y", 10)])
-        .unwrap();
+    s.apply(&[put(1, "a", "x", 10), put(2, "b", "y", 10)]).unwrap();
     s.apply(&[put(2, "b", "z", 20)]).unwrap();
     let r = s
         .apply(&[
-            Write::Remove {
-                id: 1,
-                key: b"a".to_vec(),
-                version: 10,
-            },
-            Write::Remove {
-                id: 2,
-                key: b"b".to_vec(),
-                version: 10,
-            },
+            Write::Remove { id: 1, key: b"a".to_vec(), version: 10 },
+            Write::Remove { id: 2, key: b"b".to_vec(), version: 10 },
         ])
         .unwrap();
     assert_eq!(r[1], Applied::Unchanged);
@@ -113,9 +61,7 @@ fn scan_all(s: &Store, after: u64, upto: u64, batch: usize) -> Vec<u64> {
     let mut out = Vec::new();
     let mut resume = None;
     loop {
-        let scan = s
-            .scan_range(after, upto, resume.as_deref(), batch, usize::MAX)
-            .unwrap();
+        let scan = s.scan_range(after, upto, resume.as_deref(), batch, usize::MAX).unwrap();
         assert!(scan.records.len() <= batch);
         out.extend(scan.records.iter().map(|r| r.id));
         match scan.next {
@@ -131,17 +77,10 @@ fn scan_wraps_around_zero() {
     let s = Store::open(dir.path()).unwrap();
     let ids = [0, 1, 5, 100, u64::MAX - 1, u64::MAX];
     s.apply(&ids.map(|id| put(id, "k", "v", 1))).unwrap();
-    assert_eq!(
-        scan_all(&s, u64::MAX - 2, 1, 1),
-        vec![u64::MAX - 1, u64::MAX, 0, 1]
-    );
+    assert_eq!(scan_all(&s, u64::MAX - 2, 1, 1), vec![u64::MAX - 1, u64::MAX, 0, 1]);
     assert_eq!(scan_all(&s, 1, 100, 2), vec![5, 100]);
     assert_eq!(scan_all(&s, u64::MAX, 0, 10), vec![0]);
-    assert_eq!(
-        scan_all(&s, 7, 7, 4),
-        ids.to_vec(),
-        "(a, a] is the whole ring"
-    );
+    assert_eq!(scan_all(&s, 7, 7, 4), ids.to_vec(), "(a, a] is the whole ring");
 }
 
 #[test]
@@ -149,12 +88,7 @@ fn scan_batches_by_bytes_but_moves_at_least_one() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     let big = "x".repeat(1000);
-    s.apply(&[
-        put(1, "a", &big, 1),
-        put(2, "b", &big, 1),
-        put(3, "c", &big, 1),
-    ])
-    .unwrap();
+    s.apply(&[put(1, "a", &big, 1), put(2, "b", &big, 1), put(3, "c", &big, 1)]).unwrap();
     let scan = s.scan_range(0, 10, None, 100, 10).unwrap();
     assert_eq!(scan.records.len(), 1);
     assert!(scan.next.is_some());
@@ -165,55 +99,29 @@ fn reopen_keeps_data_and_count() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path()).unwrap();
-        s.apply(&[put(1, "a", "x", 1), put(2, "b", "y", 1)])
-            .unwrap();
-        s.apply(&[Write::Delete {
-            id: 2,
-            key: b"b".to_vec(),
-            clock: 2,
-        }])
-        .unwrap();
+        s.apply(&[put(1, "a", "x", 1), put(2, "b", "y", 1)]).unwrap();
+        s.apply(&[Write::Delete { id: 2, key: b"b".to_vec(), clock: 2 }]).unwrap();
         s.meta_put("succ", b"127.0.0.1:1").unwrap();
     }
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(value_of(&s, 1, "a").as_deref(), Some(&b"x"[..]));
     assert_eq!(s.live_keys(), 1);
-    assert_eq!(
-        s.meta_get("succ").unwrap().as_deref(),
-        Some(&b"127.0.0.1:1"[..])
-    );
+    assert_eq!(s.live_bytes(), 2, "counted again from disk");
+    assert_eq!(s.meta_get("succ").unwrap().as_deref(), Some(&b"127.0.0.1:1"[..]));
 }
 
 #[test]
 fn purge_drops_only_old_tombstones() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
+    s.apply(&[put(1, "a", "x", 1), put(2, "b", "y", 1), put(3, "c", "z", 1)]).unwrap();
     s.apply(&[
-        put(1, "a", "x", 1),
-        put(2, "b", "y", 1),
-        put(3, "c", "z", 1),
-    ])
-    .unwrap();
-    s.apply(&[
-        Write::Delete {
-            id: 1,
-            key: b"a".to_vec(),
-            clock: 10,
-        },
-        Write::Delete {
-            id: 2,
-            key: b"b".to_vec(),
-            clock: 30,
-        },
+        Write::Delete { id: 1, key: b"a".to_vec(), clock: 10 },
+        Write::Delete { id: 2, key: b"b".to_vec(), clock: 30 },
     ])
     .unwrap();
     // "c" was deleted and then written again: its stale tomb entry must not remove the value.
-    s.apply(&[Write::Delete {
-        id: 3,
-        key: b"c".to_vec(),
-        clock: 11,
-    }])
-    .unwrap();
+    s.apply(&[Write::Delete { id: 3, key: b"c".to_vec(), clock: 11 }]).unwrap();
     s.apply(&[put(3, "c", "again", 12)]).unwrap();
     assert_eq!(s.purge_tombstones(20, 100).unwrap(), 1);
     assert_eq!(s.get(1, b"a").unwrap(), None);

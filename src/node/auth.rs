@@ -48,9 +48,7 @@ pub enum AuthError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn tag(key: &[u8], method: &str, path: &str, time_ms: u64, nonce: &str, body: &[u8]) -> HmacSha256 {
@@ -71,10 +69,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// The authentication headers of an incoming call, as received.
@@ -111,18 +106,11 @@ impl ClusterKey {
         if key.len() < MIN_KEY_BYTES {
             return Err(KeyTooShort(key.len()));
         }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let seed = format!("{nanos} {}", std::process::id());
         let nonce_base = xxhash_rust::xxh3::xxh3_64(seed.as_bytes());
         let seen = Mutex::new(Seen::default());
-        Ok(ClusterKey {
-            key,
-            seen,
-            nonce_base,
-            nonce_next: AtomicU64::new(0),
-        })
+        Ok(ClusterKey { key, seen, nonce_base, nonce_next: AtomicU64::new(0) })
     }
 
     /// The (time, nonce, tag) headers for an outgoing call.
@@ -130,20 +118,12 @@ impl ClusterKey {
         let t = now_ms();
         let n = self.nonce_next.fetch_add(1, Ordering::Relaxed);
         let nonce = format!("{:016x}{n:x}", self.nonce_base);
-        let tag = hex(&tag(&self.key, method, path, t, &nonce, body)
-            .finalize()
-            .into_bytes());
+        let tag = hex(&tag(&self.key, method, path, t, &nonce, body).finalize().into_bytes());
         (t.to_string(), nonce, tag)
     }
 
     /// Checks an incoming call's headers against its method, path and body.
-    pub fn verify(
-        &self,
-        method: &str,
-        path: &str,
-        sig: Signature<'_>,
-        body: &[u8],
-    ) -> Result<(), AuthError> {
+    pub fn verify(&self, method: &str, path: &str, sig: Signature<'_>, body: &[u8]) -> Result<(), AuthError> {
         self.verify_at(now_ms(), method, path, sig, body)
     }
 
@@ -155,16 +135,11 @@ impl ClusterKey {
         sig: Signature<'_>,
         body: &[u8],
     ) -> Result<(), AuthError> {
-        let t: u64 = sig
-            .time
-            .and_then(|t| t.parse().ok())
-            .ok_or(AuthError::BadTag)?;
+        let t: u64 = sig.time.and_then(|t| t.parse().ok()).ok_or(AuthError::BadTag)?;
         let nonce = sig.nonce.ok_or(AuthError::BadTag)?;
         let given = sig.tag.and_then(unhex).ok_or(AuthError::BadTag)?;
         // verify_slice compares in constant time.
-        tag(&self.key, method, path, t, nonce, body)
-            .verify_slice(&given)
-            .map_err(|_| AuthError::BadTag)?;
+        tag(&self.key, method, path, t, nonce, body).verify_slice(&given).map_err(|_| AuthError::BadTag)?;
         let window = REPLAY_WINDOW.as_millis() as u64;
         if t + window < now || t > now + window {
             return Err(AuthError::Stale);
@@ -198,12 +173,7 @@ pub fn token_matches(header: Option<&str>, token: &str) -> bool {
     let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
         return false;
     };
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// A node without a cluster key may only listen on loopback, unless `insecure` says otherwise.
@@ -220,11 +190,7 @@ mod tests {
     }
 
     fn sig<'a>(t: &'a str, n: &'a str, tag: &'a str) -> Signature<'a> {
-        Signature {
-            time: Some(t),
-            nonce: Some(n),
-            tag: Some(tag),
-        }
+        Signature { time: Some(t), nonce: Some(n), tag: Some(tag) }
     }
 
     #[test]
@@ -236,10 +202,7 @@ mod tests {
     fn a_signed_call_verifies_once() {
         let k = key();
         let (t, n, tag) = k.sign("POST", "/internal/rpc", b"body");
-        assert_eq!(
-            k.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"body"),
-            Ok(())
-        );
+        assert_eq!(k.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"body"), Ok(()));
         let again = k.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"body");
         assert_eq!(again, Err(AuthError::Replayed));
     }
@@ -250,14 +213,8 @@ mod tests {
         let (t1, n1, tag1) = k.sign("POST", "/p", b"same");
         let (t2, n2, tag2) = k.sign("POST", "/p", b"same");
         assert_ne!(tag1, tag2);
-        assert_eq!(
-            k.verify("POST", "/p", sig(&t1, &n1, &tag1), b"same"),
-            Ok(())
-        );
-        assert_eq!(
-            k.verify("POST", "/p", sig(&t2, &n2, &tag2), b"same"),
-            Ok(())
-        );
+        assert_eq!(k.verify("POST", "/p", sig(&t1, &n1, &tag1), b"same"), Ok(()));
+        assert_eq!(k.verify("POST", "/p", sig(&t2, &n2, &tag2), b"same"), Ok(()));
     }
 
     #[test]
@@ -265,37 +222,16 @@ mod tests {
         let k = key();
         let (t, n, tag) = k.sign("POST", "/internal/rpc", b"body");
         let bad = Err(AuthError::BadTag);
-        assert_eq!(
-            k.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"bodY"),
-            bad
-        );
-        assert_eq!(
-            k.verify("POST", "/internal/rpx", sig(&t, &n, &tag), b"body"),
-            bad
-        );
+        assert_eq!(k.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"bodY"), bad);
+        assert_eq!(k.verify("POST", "/internal/rpx", sig(&t, &n, &tag), b"body"), bad);
         let later = (t.parse::<u64>().unwrap() + 1).to_string();
-        assert_eq!(
-            k.verify("POST", "/internal/rpc", sig(&later, &n, &tag), b"body"),
-            bad
-        );
-        assert_eq!(
-            k.verify("POST", "/internal/rpc", sig(&t, "0", &tag), b"body"),
-            bad
-        );
-        let no_time = Signature {
-            time: None,
-            ..sig(&t, &n, &tag)
-        };
+        assert_eq!(k.verify("POST", "/internal/rpc", sig(&later, &n, &tag), b"body"), bad);
+        assert_eq!(k.verify("POST", "/internal/rpc", sig(&t, "0", &tag), b"body"), bad);
+        let no_time = Signature { time: None, ..sig(&t, &n, &tag) };
         assert_eq!(k.verify("POST", "/internal/rpc", no_time, b"body"), bad);
-        assert_eq!(
-            k.verify("POST", "/internal/rpc", Signature::default(), b"body"),
-            bad
-        );
+        assert_eq!(k.verify("POST", "/internal/rpc", Signature::default(), b"body"), bad);
         let other = ClusterKey::new(vec![8; 32]).unwrap();
-        assert_eq!(
-            other.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"body"),
-            bad
-        );
+        assert_eq!(other.verify("POST", "/internal/rpc", sig(&t, &n, &tag), b"body"), bad);
     }
 
     #[test]

@@ -75,48 +75,24 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<hyper::Response<Bytes>> {
-        let unavailable = |source| Error::Unavailable {
-            addr: node.to_string(),
-            source,
-        };
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{node}{path}"));
+        let unavailable = |source| Error::Unavailable { addr: node.to_string(), source };
+        let mut builder = hyper::Request::builder().method(method).uri(format!("http://{node}{path}"));
         if let Some(token) = &self.token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = builder
-            .body(Full::new(body))
-            .map_err(|_| unavailable(PeerError::BadAddress))?;
+        let req = builder.body(Full::new(body)).map_err(|_| unavailable(PeerError::BadAddress))?;
         let fut = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| unavailable(e.into()))?;
+            let resp = self.http.request(req).await.map_err(|e| unavailable(e.into()))?;
             let (parts, body) = resp.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| unavailable(PeerError::Body(e.into())))?
-                .to_bytes();
+            let bytes = body.collect().await.map_err(|e| unavailable(PeerError::Body(e.into())))?.to_bytes();
             Ok(hyper::Response::from_parts(parts, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| unavailable(PeerError::Timeout))?
+        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| unavailable(PeerError::Timeout))?
     }
 
     async fn kv(&self, node: &str, method: Method, key: &str, body: Bytes) -> Result<KvAnswer> {
-        let resp = self
-            .call(node, method, &format!("/kv/{}", encode_key(key)), body)
-            .await?;
-        let header = |name| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let resp = self.call(node, method, &format!("/kv/{}", encode_key(key)), body).await?;
+        let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         Ok(KvAnswer {
             status: resp.status(),
             hops: header("x-sdht-hops").and_then(|h| h.parse().ok()),
@@ -141,15 +117,10 @@ impl Client {
     pub async fn json(&self, node: &str, path: &str) -> Result<serde_json::Value> {
         let resp = self.call(node, Method::GET, path, Bytes::new()).await?;
         if resp.status() != StatusCode::OK {
-            return Err(Error::Unavailable {
-                addr: node.into(),
-                source: PeerError::Status(resp.status()),
-            });
+            return Err(Error::Unavailable { addr: node.into(), source: PeerError::Status(resp.status()) });
         }
-        serde_json::from_slice(resp.body()).map_err(|e| Error::Unavailable {
-            addr: node.into(),
-            source: PeerError::Body(e.into()),
-        })
+        serde_json::from_slice(resp.body())
+            .map_err(|e| Error::Unavailable { addr: node.into(), source: PeerError::Body(e.into()) })
     }
 }
 

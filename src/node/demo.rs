@@ -13,9 +13,7 @@ use super::{serve, Config, Error, Node, Result};
 /// How long the demo waits for its ring to settle before showing it anyway.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
 
-const WORDS: [&str; 8] = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-];
+const WORDS: [&str; 8] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
 
 pub async fn run(
     data: Option<PathBuf>,
@@ -25,11 +23,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let temp = data.is_none();
-    let root = data
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("sdht-demo-{}", std::process::id())));
-    let addrs: Vec<String> = (0..count)
-        .map(|i| format!("{host}:{}", base_port + i))
-        .collect();
+    let root = data.unwrap_or_else(|| std::env::temp_dir().join(format!("sdht-demo-{}", std::process::id())));
+    let addrs: Vec<String> = (0..count).map(|i| format!("{host}:{}", base_port + i)).collect();
     let mut running = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let listener = TcpListener::bind(addr).await?;
@@ -73,10 +68,7 @@ pub async fn run(
     println!("  curl -X DELETE http://{b}/kv/greeting");
     println!("  curl http://{a}/ring");
     println!("  curl http://{a}/status");
-    println!(
-        "data under {}; Ctrl-C makes every node leave in turn.",
-        root.display()
-    );
+    println!("data under {}; Ctrl-C makes every node leave in turn.", root.display());
 
     shutdown.cancelled().await;
     // Leave one at a time, so each hands its keys to a successor that is still there; the

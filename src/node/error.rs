@@ -65,9 +65,7 @@ pub enum Error {
     BodyTimeout,
     /// The request was forwarded `hop_limit` times without reaching its owner: the ring is
     /// inconsistent for the moment (508); retry shortly.
-    #[error(
-        "hop limit of {0} reached before the key's owner; the ring is settling, retry shortly"
-    )]
+    #[error("hop limit of {0} reached before the key's owner; the ring is settling, retry shortly")]
     HopLimit(u32),
     /// A peer on the way did not answer: 503, retry later.
     #[error("peer {addr} unavailable: {source}")]
@@ -118,9 +116,7 @@ pub enum Error {
     BootstrapIsSelf,
     /// The ring still links this address and no saved successor says where it sat: wait
     /// until the ring has let go of it, or start with its old data directory.
-    #[error(
-        "the ring still lists {0} as a member and no saved successor is in the data directory"
-    )]
+    #[error("the ring still lists {0} as a member and no saved successor is in the data directory")]
     StillMember(String),
 }
 

@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
@@ -93,17 +91,13 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     body.push('\n');
     let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 fn json(value: serde_json::Value) -> Resp {
     let mut r = hyper::Response::new(Full::new(Bytes::from(value.to_string())));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -111,12 +105,10 @@ fn error_response(e: &Error) -> Resp {
     let mut r = text(e.status(), e.to_string());
     match e {
         Error::MethodNotAllowed => {
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
         }
         Error::Unauthorized(AuthError::BadToken) => {
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         _ => {}
     }
@@ -128,10 +120,7 @@ fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
     match &node.inner.config.client_token {
         None => Ok(()),
         Some(token) => {
-            let header = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
+            let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
             if auth::token_matches(header, token) {
                 Ok(())
             } else {
@@ -215,11 +204,7 @@ pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
 /// it says more, and cut off while streaming when there is none.
 async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes> {
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(BadInput::BadContentLength)?;
+        let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadInput::BadContentLength)?;
         if len > limit as u64 {
             return Err(Error::TooLarge { limit });
         }
@@ -237,21 +222,10 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     let op = match *req.method() {
         Method::GET => KvOp::Get,
         Method::DELETE => KvOp::Delete,
-        Method::PUT => KvOp::Put(
-            read_body(req, node.inner.config.max_value_bytes)
-                .await?
-                .into(),
-        ),
+        Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
         _ => return Err(Error::MethodNotAllowed),
     };
-    let reply = node
-        .kv(KvRequest {
-            key,
-            op,
-            hops: 0,
-            addressed: false,
-        })
-        .await;
+    let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
     let mut resp = match reply.outcome {
         KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
         KvOutcome::Done => {
@@ -260,10 +234,9 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
             r
         }
         KvOutcome::NotFound => text(StatusCode::NOT_FOUND, "not found"),
-        KvOutcome::Failed { status, reason } => text(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            reason,
-        ),
+        KvOutcome::Failed { status, reason } => {
+            text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), reason)
+        }
     };
     let headers = resp.headers_mut();
     headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
@@ -276,35 +249,21 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
 }
 
 async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (time, nonce, tag) = (
-        header(TIME_HEADER),
-        header(NONCE_HEADER),
-        header(TAG_HEADER),
-    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (time, nonce, tag) = (header(TIME_HEADER), header(NONCE_HEADER), header(TAG_HEADER));
     if node.inner.key.is_some() && (time.is_none() || nonce.is_none() || tag.is_none()) {
         // Refuse an unsigned call before reading a body it may not send.
         return Err(AuthError::BadTag.into());
     }
     let body = read_body(req, node.inner.config.max_message()).await?;
     if let Some(key) = &node.inner.key {
-        let sig = Signature {
-            time: time.as_deref(),
-            nonce: nonce.as_deref(),
-            tag: tag.as_deref(),
-        };
+        let sig = Signature { time: time.as_deref(), nonce: nonce.as_deref(), tag: tag.as_deref() };
         key.verify("POST", RPC_PATH, sig, &body)?;
     }
     let request = Request::decode(&body)?;
     let response: Response = node.rpc(request).await?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(response.encode())));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
     Ok(r)
 }
 
@@ -330,12 +289,7 @@ async fn ring_walk(node: &Node) -> Resp {
             complete = false;
             break;
         }
-        match node
-            .inner
-            .peers
-            .call(&next, &Request::Status, node.inner.config.peer_timeout)
-            .await
-        {
+        match node.inner.peers.call(&next, &Request::Status, node.inner.config.peer_timeout).await {
             Ok(Response::Status(s)) => {
                 next = s.succ.addr.clone();
                 nodes.push(s);

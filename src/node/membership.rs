@@ -35,20 +35,12 @@ const PURGE_BATCH: usize = 10_000;
 const SUCC_META: &str = "successor";
 
 /// Finds this node's successor through `bootstrap` and returns the state of a new member.
-pub async fn join(
-    me: &Peer,
-    peers: &Peers,
-    storage: &Storage,
-    bootstrap: &str,
-) -> Result<RingState> {
+pub async fn join(me: &Peer, peers: &Peers, storage: &Storage, bootstrap: &str) -> Result<RingState> {
     if bootstrap == me.addr {
         return Err(Error::BootstrapIsSelf);
     }
     let deadline = Instant::now() + JOIN_DEADLINE;
-    let req = Request::FindSuccessor {
-        id: me.id.0,
-        hops: 0,
-    };
+    let req = Request::FindSuccessor { id: me.id.0, hops: 0 };
     loop {
         let source = match peers.call(bootstrap, &req, KV_TIMEOUT).await {
             Ok(Response::Successor { node, .. }) => {
@@ -69,18 +61,12 @@ pub async fn join(
             Ok(_) => PeerError::Unexpected,
             // Refused our cluster key (or lack of one): retrying cannot help.
             Err(e @ PeerError::Status(hyper::StatusCode::UNAUTHORIZED)) => {
-                return Err(Error::Join {
-                    bootstrap: bootstrap.to_string(),
-                    source: e,
-                });
+                return Err(Error::Join { bootstrap: bootstrap.to_string(), source: e });
             }
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(Error::Join {
-                bootstrap: bootstrap.to_string(),
-                source,
-            });
+            return Err(Error::Join { bootstrap: bootstrap.to_string(), source });
         }
         tracing::debug!(bootstrap, error = %source, "join attempt failed; retrying");
         tokio::time::sleep(JOIN_RETRY).await;
@@ -112,16 +98,8 @@ async fn stabilize_once(node: &Node) -> Result<()> {
         return Ok(());
     };
     let timeout = node.inner.config.peer_timeout;
-    let unavailable = |source| Error::Unavailable {
-        addr: target.addr.clone(),
-        source,
-    };
-    let pred = match node
-        .inner
-        .peers
-        .call(&target.addr, &Request::Neighbors, timeout)
-        .await
-    {
+    let unavailable = |source| Error::Unavailable { addr: target.addr.clone(), source };
+    let pred = match node.inner.peers.call(&target.addr, &Request::Neighbors, timeout).await {
         Ok(Response::Neighbors { pred, .. }) => pred,
         Ok(_) => return Err(unavailable(PeerError::Unexpected)),
         Err(e) => return Err(unavailable(e)),
@@ -136,17 +114,12 @@ async fn stabilize_once(node: &Node) -> Result<()> {
     }
     for action in actions {
         if let Action::Notify(s) = action {
-            let req = Request::Notify {
-                from: Node::info(&node.inner.me),
-            };
+            let req = Request::Notify { from: Node::info(&node.inner.me) };
             node.inner
                 .peers
                 .call(&s.addr, &req, timeout)
                 .await
-                .map_err(|source| Error::Unavailable {
-                    addr: s.addr,
-                    source,
-                })?;
+                .map_err(|source| Error::Unavailable { addr: s.addr, source })?;
         }
     }
     Ok(())
@@ -155,12 +128,7 @@ async fn stabilize_once(node: &Node) -> Result<()> {
 impl Node {
     pub(super) async fn save_successor(&self) {
         let succ = self.ring().succ().addr.clone();
-        if let Err(e) = self
-            .inner
-            .storage
-            .meta_put(SUCC_META, succ.into_bytes())
-            .await
-        {
+        if let Err(e) = self.inner.storage.meta_put(SUCC_META, succ.into_bytes()).await {
             tracing::warn!(error = %e, "could not save the successor");
         }
     }
@@ -192,9 +160,7 @@ impl Node {
                 return Err(e);
             }
         }
-        self.inner
-            .write_through_failed
-            .store(false, Ordering::SeqCst);
+        self.inner.write_through_failed.store(false, Ordering::SeqCst);
         let started = Instant::now();
         let copied = self.copy_range(range, &to).await;
         let gate = self.inner.gate.write().await;
@@ -202,10 +168,7 @@ impl Node {
             Ok(moved) if !self.inner.write_through_failed.load(Ordering::SeqCst) => moved,
             Ok(_) => {
                 self.ring().abort_handoff();
-                return Err(Error::Unavailable {
-                    addr: to.addr.clone(),
-                    source: PeerError::Unexpected,
-                });
+                return Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected });
             }
             Err(e) => {
                 self.ring().abort_handoff();
@@ -220,12 +183,7 @@ impl Node {
                     from: Node::info(&self.inner.me),
                     pred: old.as_ref().map(Node::info),
                 };
-                if let Err(e) = self
-                    .inner
-                    .peers
-                    .call(&to.addr, &req, self.inner.config.peer_timeout)
-                    .await
-                {
+                if let Err(e) = self.inner.peers.call(&to.addr, &req, self.inner.config.peer_timeout).await {
                     // It learns its predecessor from that node's notify instead.
                     tracing::debug!(to = %to.addr, error = %e, "handoff-done not delivered");
                 }
@@ -242,17 +200,11 @@ impl Node {
                     succ: Node::info(&succ),
                 };
                 // The successor takes over before we stop answering for the range.
-                if let Err(source) = self
-                    .inner
-                    .peers
-                    .call(&succ.addr, &leaving, self.inner.config.peer_timeout)
-                    .await
+                if let Err(source) =
+                    self.inner.peers.call(&succ.addr, &leaving, self.inner.config.peer_timeout).await
                 {
                     self.ring().abort_handoff();
-                    return Err(Error::Unavailable {
-                        addr: succ.addr,
-                        source,
-                    });
+                    return Err(Error::Unavailable { addr: succ.addr, source });
                 }
                 self.ring().finish_handoff();
                 drop(gate);
@@ -268,17 +220,9 @@ impl Node {
     /// A node that notified us must be alive and name us as its successor; otherwise a
     /// notify from a stale or made-up address could take over a range with no keys in it.
     async fn check_joiner(&self, to: &Peer) -> Result<()> {
-        let unavailable = |source| Error::Unavailable {
-            addr: to.addr.clone(),
-            source,
-        };
+        let unavailable = |source| Error::Unavailable { addr: to.addr.clone(), source };
         let timeout = self.inner.config.peer_timeout;
-        match self
-            .inner
-            .peers
-            .call(&to.addr, &Request::Status, timeout)
-            .await
-        {
+        match self.inner.peers.call(&to.addr, &Request::Status, timeout).await {
             Ok(Response::Status(s)) if s.succ.addr == self.inner.me.addr => Ok(()),
             Ok(_) => Err(unavailable(PeerError::Unexpected)),
             Err(e) => Err(unavailable(e)),
@@ -287,12 +231,7 @@ impl Node {
 
     async fn tell_with_retries(&self, to: &Peer, req: &Request) {
         for attempt in 1..=TELL_PRED_TRIES {
-            match self
-                .inner
-                .peers
-                .call(&to.addr, req, self.inner.config.peer_timeout)
-                .await
-            {
+            match self.inner.peers.call(&to.addr, req, self.inner.config.peer_timeout).await {
                 Ok(_) => return,
                 Err(e) if attempt == TELL_PRED_TRIES => {
                     tracing::warn!(to = %to.addr, error = %e, "could not tell predecessor we left");
@@ -310,12 +249,7 @@ impl Node {
             let scan = self
                 .inner
                 .storage
-                .scan(
-                    range.after.0,
-                    range.upto.0,
-                    resume,
-                    self.inner.config.handoff_batch,
-                )
+                .scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch)
                 .await?;
             if !scan.records.is_empty() {
                 keys += scan.records.len() as u64;
@@ -349,21 +283,12 @@ impl Node {
             let scan = self
                 .inner
                 .storage
-                .scan(
-                    range.after.0,
-                    range.upto.0,
-                    resume,
-                    self.inner.config.handoff_batch,
-                )
+                .scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch)
                 .await?;
             let removes = scan
                 .records
                 .into_iter()
-                .map(|r| Write::Remove {
-                    id: r.id,
-                    key: r.key,
-                    version: r.version,
-                })
+                .map(|r| Write::Remove { id: r.id, key: r.key, version: r.version })
                 .collect();
             self.inner.storage.write_all(removes).await?;
             match scan.next {
@@ -382,14 +307,12 @@ pub async fn leave(node: &Node) {
     loop {
         let action = node.ring().begin_leave();
         match action {
-            Some(Action::StartHandoff { range, to }) => {
-                match node.run_handoff(range, to.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "leave handoff failed; retrying")
-                    }
+            Some(Action::StartHandoff { range, to }) => match node.run_handoff(range, to.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(node = %node.inner.me.addr, to = %to.addr, error = %e, "leave handoff failed; retrying")
                 }
-            }
+            },
             _ => {
                 let ring = node.ring();
                 if ring.departed() || ring.succ() == ring.me() {
@@ -416,12 +339,7 @@ pub async fn purge_loop(node: Node, halt: CancellationToken) {
             _ = tick.tick() => {}
         }
         let before = now_micros().saturating_sub(TOMBSTONE_TTL.as_micros() as u64);
-        match node
-            .inner
-            .storage
-            .blocking(move |s| s.purge_tombstones(before, PURGE_BATCH))
-            .await
-        {
+        match node.inner.storage.blocking(move |s| s.purge_tombstones(before, PURGE_BATCH)).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "old tombstones purged"),
             Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),

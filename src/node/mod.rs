@@ -130,12 +130,7 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node> {
         let storage = Storage::open(&config.data_dir)?;
         let me = Peer::new(config.advertise.clone());
-        let key = config
-            .cluster_key
-            .clone()
-            .map(auth::ClusterKey::new)
-            .transpose()?
-            .map(Arc::new);
+        let key = config.cluster_key.clone().map(auth::ClusterKey::new).transpose()?.map(Arc::new);
         if key.is_none() {
             tracing::warn!(node = %config.advertise, "no cluster key: node-to-node calls are not authenticated");
         }
@@ -174,10 +169,7 @@ impl Node {
     }
 
     fn info(p: &Peer) -> NodeInfo {
-        NodeInfo {
-            addr: p.addr.clone(),
-            id: p.id.0,
-        }
+        NodeInfo { addr: p.addr.clone(), id: p.id.0 }
     }
 
     fn status(&self) -> wire::Status {
@@ -199,47 +191,27 @@ impl Node {
             Route::Local => {
                 let outcome = match self.local_kv(id.0, &req, gate).await {
                     Ok(outcome) => outcome,
-                    Err(e) => KvOutcome::Failed {
-                        status: e.status().as_u16(),
-                        reason: e.to_string(),
-                    },
+                    Err(e) => KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
                 };
-                return KvReply {
-                    outcome,
-                    hops: req.hops,
-                    owner: self.inner.me.addr.clone(),
-                };
+                return KvReply { outcome, hops: req.hops, owner: self.inner.me.addr.clone() };
             }
             Route::Forward { to, addressed } => (to, addressed),
             Route::Back { to } => (to, true),
         };
         drop(gate);
         let failed = |e: Error| KvReply {
-            outcome: KvOutcome::Failed {
-                status: e.status().as_u16(),
-                reason: e.to_string(),
-            },
+            outcome: KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
             hops: req.hops,
             owner: String::new(),
         };
         if req.hops >= self.inner.config.hop_limit {
             return failed(Error::HopLimit(self.inner.config.hop_limit));
         }
-        let fwd = Request::Kv(KvRequest {
-            hops: req.hops + 1,
-            addressed,
-            ..req.clone()
-        });
+        let fwd = Request::Kv(KvRequest { hops: req.hops + 1, addressed, ..req.clone() });
         match self.inner.peers.call(&to.addr, &fwd, KV_TIMEOUT).await {
             Ok(Response::Kv(reply)) => reply,
-            Ok(_) => failed(Error::Unavailable {
-                addr: to.addr,
-                source: PeerError::Unexpected,
-            }),
-            Err(source) => failed(Error::Unavailable {
-                addr: to.addr,
-                source,
-            }),
+            Ok(_) => failed(Error::Unavailable { addr: to.addr, source: PeerError::Unexpected }),
+            Err(source) => failed(Error::Unavailable { addr: to.addr, source }),
         }
     }
 
@@ -260,46 +232,22 @@ impl Node {
                     None => KvOutcome::NotFound,
                 });
             }
-            KvOp::Put(v) => (
-                Write::Put {
-                    id,
-                    key,
-                    value: v.clone(),
-                    clock: now_micros(),
-                },
-                Some(v),
-            ),
-            KvOp::Delete => (
-                Write::Delete {
-                    id,
-                    key,
-                    clock: now_micros(),
-                },
-                None,
-            ),
+            KvOp::Put(v) => (Write::Put { id, key, value: v.clone(), clock: now_micros() }, Some(v)),
+            KvOp::Delete => (Write::Delete { id, key, clock: now_micros() }, None),
         };
         let version = match storage.write(write).await? {
             Applied::Stored { version, .. } => version,
             Applied::Unchanged => return Ok(KvOutcome::NotFound),
         };
-        let through = self
-            .ring()
-            .handoff()
-            .filter(|h| h.range.contains(crate::ring::Id(id)))
-            .map(|h| h.to.clone());
+        let through =
+            self.ring().handoff().filter(|h| h.range.contains(crate::ring::Id(id))).map(|h| h.to.clone());
         if let Some(to) = through {
-            let rec = wire::Record {
-                key: req.key.clone(),
-                version,
-                value: value.cloned(),
-            };
+            let rec = wire::Record { key: req.key.clone(), version, value: value.cloned() };
             if let Err(e) = self.merge_to(&to, vec![rec]).await {
                 // The write is durable here and this node still owns the key: the handoff
                 // is what fails, and it will start over.
                 tracing::warn!(to = %to.addr, error = %e, "write-through failed; handoff will abort");
-                self.inner
-                    .write_through_failed
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.inner.write_through_failed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
         Ok(KvOutcome::Done)
@@ -307,30 +255,18 @@ impl Node {
 
     /// Sends records to `to` to keep where newer.
     async fn merge_to(&self, to: &Peer, records: Vec<wire::Record>) -> Result<()> {
-        let req = Request::Merge {
-            from: Self::info(&self.inner.me),
-            records,
-        };
+        let req = Request::Merge { from: Self::info(&self.inner.me), records };
         match self.inner.peers.call(&to.addr, &req, BATCH_TIMEOUT).await {
             Ok(Response::Ack) => Ok(()),
             Ok(Response::Busy) => Err(Error::NotServing),
-            Ok(_) => Err(Error::Unavailable {
-                addr: to.addr.clone(),
-                source: PeerError::Unexpected,
-            }),
-            Err(source) => Err(Error::Unavailable {
-                addr: to.addr.clone(),
-                source,
-            }),
+            Ok(_) => Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected }),
+            Err(source) => Err(Error::Unavailable { addr: to.addr.clone(), source }),
         }
     }
 
     /// Checks that a peer named in a message is who it claims to be.
     fn peer_from(info: &NodeInfo) -> Result<Peer> {
-        let p = Peer {
-            addr: info.addr.clone(),
-            id: crate::ring::Id(info.id),
-        };
+        let p = Peer { addr: info.addr.clone(), id: crate::ring::Id(info.id) };
         if p.is_consistent() {
             Ok(p)
         } else {
@@ -345,9 +281,7 @@ impl Node {
                 http::check_key(k.key.as_bytes())?;
                 if let KvOp::Put(v) = &k.op {
                     if v.len() > self.inner.config.max_value_bytes {
-                        return Err(Error::TooLarge {
-                            limit: self.inner.config.max_value_bytes,
-                        });
+                        return Err(Error::TooLarge { limit: self.inner.config.max_value_bytes });
                     }
                 }
                 Ok(Response::Kv(self.kv(k).await))
@@ -355,10 +289,7 @@ impl Node {
             Request::FindSuccessor { id, hops } => self.find_successor(id, hops).await,
             Request::Neighbors => {
                 let ring = self.ring();
-                Ok(Response::Neighbors {
-                    pred: ring.pred().map(Self::info),
-                    succ: Self::info(ring.succ()),
-                })
+                Ok(Response::Neighbors { pred: ring.pred().map(Self::info), succ: Self::info(ring.succ()) })
             }
             Request::Notify { from } => {
                 let from = Self::peer_from(&from)?;
@@ -414,10 +345,7 @@ impl Node {
         use crate::ring::FindStep;
         let step = self.ring().find_successor(crate::ring::Id(id));
         match step {
-            FindStep::Found(p) => Ok(Response::Successor {
-                node: Self::info(&p),
-                hops,
-            }),
+            FindStep::Found(p) => Ok(Response::Successor { node: Self::info(&p), hops }),
             FindStep::Forward(_) if hops >= self.inner.config.hop_limit => {
                 Err(Error::HopLimit(self.inner.config.hop_limit))
             }
@@ -427,10 +355,7 @@ impl Node {
                     .peers
                     .call(&p.addr, &req, KV_TIMEOUT)
                     .await
-                    .map_err(|source| Error::Unavailable {
-                        addr: p.addr,
-                        source,
-                    })
+                    .map_err(|source| Error::Unavailable { addr: p.addr, source })
             }
         }
     }
@@ -441,15 +366,9 @@ impl Node {
 /// connections and joins every task before returning.
 pub async fn serve(listener: TcpListener, node: Node, shutdown: CancellationToken) -> Result<()> {
     let halt = CancellationToken::new();
-    node.inner
-        .tasks
-        .spawn(http::accept_loop(listener, node.clone(), halt.clone()));
-    node.inner
-        .tasks
-        .spawn(membership::stabilize_loop(node.clone(), halt.clone()));
-    node.inner
-        .tasks
-        .spawn(membership::purge_loop(node.clone(), halt.clone()));
+    node.inner.tasks.spawn(http::accept_loop(listener, node.clone(), halt.clone()));
+    node.inner.tasks.spawn(membership::stabilize_loop(node.clone(), halt.clone()));
+    node.inner.tasks.spawn(membership::purge_loop(node.clone(), halt.clone()));
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = node.inner.leave.cancelled() => {}

@@ -39,41 +39,25 @@ impl Peers {
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(http);
-        Peers {
-            client,
-            max_message,
-            key,
-        }
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(http);
+        Peers { client, max_message, key }
     }
 
     /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer.
-    pub async fn call(
-        &self,
-        addr: &str,
-        req: &Request,
-        timeout: Duration,
-    ) -> Result<Response, PeerError> {
+    pub async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
         tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
             .await
             .map_err(|_| PeerError::Timeout)?
     }
 
     async fn call_inner(&self, addr: &str, body: Vec<u8>) -> Result<Response, PeerError> {
-        let mut builder = hyper::Request::post(format!("http://{addr}{RPC_PATH}"))
-            .header(CONTENT_TYPE, WIRE_TYPE);
+        let mut builder =
+            hyper::Request::post(format!("http://{addr}{RPC_PATH}")).header(CONTENT_TYPE, WIRE_TYPE);
         if let Some(key) = &self.key {
             let (time, nonce, tag) = key.sign("POST", RPC_PATH, &body);
-            builder = builder
-                .header(TIME_HEADER, time)
-                .header(NONCE_HEADER, nonce)
-                .header(TAG_HEADER, tag);
+            builder = builder.header(TIME_HEADER, time).header(NONCE_HEADER, nonce).header(TAG_HEADER, tag);
         }
-        let http_req = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| PeerError::BadAddress)?;
+        let http_req = builder.body(Full::new(Bytes::from(body))).map_err(|_| PeerError::BadAddress)?;
         let resp = self.client.request(http_req).await?;
         if resp.status() != hyper::StatusCode::OK {
             return Err(PeerError::Status(resp.status()));

@@ -29,9 +29,7 @@ pub struct Storage {
 
 /// Microseconds since the Unix epoch: the clock that versions client writes.
 pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Storage {
@@ -41,9 +39,7 @@ impl Storage {
         let store = Arc::new(Store::open(dir)?);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer_store = store.clone();
-        std::thread::Builder::new()
-            .name("sdht-writer".into())
-            .spawn(move || writer(writer_store, rx))?;
+        std::thread::Builder::new().name("sdht-writer".into()).spawn(move || writer(writer_store, rx))?;
         Ok(Storage { store, writes: tx })
     }
 
@@ -74,25 +70,15 @@ impl Storage {
     }
 
     /// One batch of at most `records` records (and about `wire::BATCH_BYTES`) of (after, upto].
-    pub async fn scan(
-        &self,
-        after: u64,
-        upto: u64,
-        resume: Option<Vec<u8>>,
-        records: usize,
-    ) -> Result<Scan> {
+    pub async fn scan(&self, after: u64, upto: u64, resume: Option<Vec<u8>>, records: usize) -> Result<Scan> {
         let bytes = crate::wire::BATCH_BYTES;
-        self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), records, bytes))
-            .await
+        self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), records, bytes)).await
     }
 
     /// Queues one write and waits until it is durable.
     pub async fn write(&self, w: Write) -> Result<Applied> {
         let (tx, rx) = oneshot::channel();
-        self.writes
-            .send((w, tx))
-            .await
-            .map_err(|_| Error::StoreGone)?;
+        self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
         rx.await.map_err(|_| Error::StoreGone)?
     }
 
@@ -102,10 +88,7 @@ impl Storage {
         let mut waits = Vec::with_capacity(ws.len());
         for w in ws {
             let (tx, rx) = oneshot::channel();
-            self.writes
-                .send((w, tx))
-                .await
-                .map_err(|_| Error::StoreGone)?;
+            self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
             waits.push(rx);
         }
         let mut out = Vec::with_capacity(waits.len());

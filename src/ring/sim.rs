@@ -16,12 +16,8 @@ struct Sim {
 
 impl Sim {
     fn new(first: &str, keys: impl IntoIterator<Item = u64>) -> Sim {
-        let mut sim = Sim {
-            nodes: BTreeMap::new(),
-            keys: BTreeMap::new(),
-        };
-        sim.nodes
-            .insert(first.into(), RingState::alone(Peer::new(first)));
+        let mut sim = Sim { nodes: BTreeMap::new(), keys: BTreeMap::new() };
+        sim.nodes.insert(first.into(), RingState::alone(Peer::new(first)));
         sim.keys.insert(first.into(), keys.into_iter().collect());
         sim
     }
@@ -48,11 +44,7 @@ impl Sim {
     }
 
     fn move_keys(&mut self, from: &str, range: Interval, to: &str) {
-        let moving: Vec<u64> = self.keys[from]
-            .iter()
-            .copied()
-            .filter(|k| range.contains(Id(*k)))
-            .collect();
+        let moving: Vec<u64> = self.keys[from].iter().copied().filter(|k| range.contains(Id(*k))).collect();
         for k in moving {
             self.keys.get_mut(from).unwrap().remove(&k);
             self.keys.get_mut(to).unwrap().insert(k);
@@ -64,15 +56,9 @@ impl Sim {
             return;
         };
         let x = self.nodes[&target.addr].pred().cloned();
-        let actions = self
-            .nodes
-            .get_mut(addr)
-            .unwrap()
-            .on_successor_pred(&target, x);
+        let actions = self.nodes.get_mut(addr).unwrap().on_successor_pred(&target, x);
         for action in actions {
-            let Action::Notify(s) = action else {
-                unreachable!()
-            };
+            let Action::Notify(s) = action else { unreachable!() };
             let me = self.nodes[addr].me().clone();
             let Some(Action::StartHandoff { range, to }) =
                 self.nodes.get_mut(&s.addr).unwrap().on_notify(&me)
@@ -82,18 +68,13 @@ impl Sim {
             self.move_keys(&s.addr, range, &to.addr);
             let old = self.nodes.get_mut(&s.addr).unwrap().finish_handoff();
             if let Some(old) = old {
-                self.nodes
-                    .get_mut(&to.addr)
-                    .unwrap()
-                    .on_predecessor_hint(old);
+                self.nodes.get_mut(&to.addr).unwrap().on_predecessor_hint(old);
             }
         }
     }
 
     fn leave(&mut self, addr: &str) {
-        let Some(Action::StartHandoff { range, to }) =
-            self.nodes.get_mut(addr).unwrap().begin_leave()
-        else {
+        let Some(Action::StartHandoff { range, to }) = self.nodes.get_mut(addr).unwrap().begin_leave() else {
             return;
         };
         self.move_keys(addr, range, &to.addr);
@@ -106,10 +87,7 @@ impl Sim {
             }
         }
         self.nodes.remove(addr);
-        assert!(
-            self.keys.remove(addr).unwrap().is_empty(),
-            "leaver kept keys"
-        );
+        assert!(self.keys.remove(addr).unwrap().is_empty(), "leaver kept keys");
     }
 
     fn round(&mut self) {
@@ -156,11 +134,7 @@ impl Sim {
         for (addr, keys) in &self.keys {
             let me = self.nodes[addr].me().id;
             for k in keys {
-                assert_eq!(
-                    owner_of(&ids, Id(*k)),
-                    Some(me),
-                    "key {k:x} on the wrong node"
-                );
+                assert_eq!(owner_of(&ids, Id(*k)), Some(me), "key {k:x} on the wrong node");
             }
         }
     }
@@ -169,11 +143,7 @@ impl Sim {
         let ids = self.sorted_ids();
         let n = self.nodes.len();
         for start in self.nodes.keys() {
-            for probe in ids
-                .iter()
-                .map(|i| Id(i.0.wrapping_add(1)))
-                .chain([Id(0), Id(u64::MAX)])
-            {
+            for probe in ids.iter().map(|i| Id(i.0.wrapping_add(1))).chain([Id(0), Id(u64::MAX)]) {
                 let (mut cur, mut addressed, mut forwards) = (start.clone(), false, 0);
                 loop {
                     match self.nodes[&cur].route(probe, addressed) {
@@ -259,28 +229,19 @@ fn ring_of_one_two_and_three_settle() {
 
 #[test]
 fn joins_through_one_bootstrap_at_once_converge() {
-    let mut sim = Sim::new(
-        "b:0",
-        (0..1000).map(|i| 0x0123_4567_89ab_cdef_u64.wrapping_mul(i)),
-    );
+    let mut sim = Sim::new("b:0", (0..1000).map(|i| 0x0123_4567_89ab_cdef_u64.wrapping_mul(i)));
     for i in 1..=8 {
         sim.join(&format!("b:{i}"), "b:0");
     }
     let rounds = sim.converge();
     assert!(rounds > 0);
-    sim.check_keys(
-        &(0..1000)
-            .map(|i| 0x0123_4567_89ab_cdef_u64.wrapping_mul(i))
-            .collect(),
-    );
+    sim.check_keys(&(0..1000).map(|i| 0x0123_4567_89ab_cdef_u64.wrapping_mul(i)).collect());
     sim.check_routing();
 }
 
 #[test]
 fn leaving_down_to_one_puts_every_key_on_it() {
-    let keys: BTreeSet<u64> = (0..500)
-        .map(|i| 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i))
-        .collect();
+    let keys: BTreeSet<u64> = (0..500).map(|i| 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i)).collect();
     let mut sim = Sim::new("c:0", keys.iter().copied());
     for i in 1..5 {
         sim.join(&format!("c:{i}"), "c:0");

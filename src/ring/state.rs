@@ -17,10 +17,7 @@ pub struct Peer {
 impl Peer {
     pub fn new(addr: impl Into<String>) -> Peer {
         let addr = addr.into();
-        Peer {
-            id: node_id(&addr),
-            addr,
-        }
+        Peer { id: node_id(&addr), addr }
     }
 
     /// True if `id` is the id this address hashes to: a peer claiming another id is lying.
@@ -87,13 +84,7 @@ pub struct RingState {
 impl RingState {
     /// A new ring of one.
     pub fn alone(me: Peer) -> RingState {
-        RingState {
-            succ: me.clone(),
-            me,
-            pred: None,
-            handoff: None,
-            departed: false,
-        }
+        RingState { succ: me.clone(), me, pred: None, handoff: None, departed: false }
     }
 
     /// A node that has just learnt its successor from the ring and knows no predecessor yet.
@@ -101,13 +92,7 @@ impl RingState {
         if succ == me {
             return RingState::alone(me);
         }
-        RingState {
-            me,
-            pred: None,
-            succ,
-            handoff: None,
-            departed: false,
-        }
+        RingState { me, pred: None, succ, handoff: None, departed: false }
     }
 
     pub fn me(&self) -> &Peer {
@@ -144,10 +129,7 @@ impl RingState {
     /// The routing decision for a key. `addressed`: the sender believed this node owns it.
     pub fn route(&self, key: Id, addressed: bool) -> Route {
         if self.departed {
-            return Route::Forward {
-                to: self.succ.clone(),
-                addressed: true,
-            };
+            return Route::Forward { to: self.succ.clone(), addressed: true };
         }
         match self.owned() {
             Some(range) if range.contains(key) => return Route::Local,
@@ -157,17 +139,11 @@ impl RingState {
             _ => {}
         }
         if Interval::new(self.me.id, self.succ.id).contains(key) {
-            return Route::Forward {
-                to: self.succ.clone(),
-                addressed: true,
-            };
+            return Route::Forward { to: self.succ.clone(), addressed: true };
         }
         match (&self.pred, addressed) {
             (Some(p), true) => Route::Back { to: p.clone() },
-            _ => Route::Forward {
-                to: self.succ.clone(),
-                addressed: false,
-            },
+            _ => Route::Forward { to: self.succ.clone(), addressed: false },
         }
     }
 
@@ -235,15 +211,8 @@ impl RingState {
             None => self.me.id,
         };
         let range = Interval::new(after, cand.id);
-        self.handoff = Some(Handoff {
-            kind: HandoffKind::Join,
-            range,
-            to: cand.clone(),
-        });
-        Some(Action::StartHandoff {
-            range,
-            to: cand.clone(),
-        })
+        self.handoff = Some(Handoff { kind: HandoffKind::Join, range, to: cand.clone() });
+        Some(Action::StartHandoff { range, to: cand.clone() })
     }
 
     /// Begin a graceful leave: hand everything to the successor. None when alone (the last
@@ -254,15 +223,8 @@ impl RingState {
         }
         // The whole ring, not just (pred, me]: a node may hold strays from before a restart.
         let range = Interval::new(self.me.id, self.me.id);
-        self.handoff = Some(Handoff {
-            kind: HandoffKind::Leave,
-            range,
-            to: self.succ.clone(),
-        });
-        Some(Action::StartHandoff {
-            range,
-            to: self.succ.clone(),
-        })
+        self.handoff = Some(Handoff { kind: HandoffKind::Leave, range, to: self.succ.clone() });
+        Some(Action::StartHandoff { range, to: self.succ.clone() })
     }
 
     /// The copy is complete: switch ownership. For a join the receiver becomes our
@@ -320,10 +282,7 @@ mod tests {
     use super::*;
 
     fn peer(id: u64) -> Peer {
-        Peer {
-            id: Id(id),
-            addr: format!("n{id}"),
-        }
+        Peer { id: Id(id), addr: format!("n{id}") }
     }
 
     #[test]
@@ -338,21 +297,9 @@ mod tests {
     #[test]
     fn newcomer_without_predecessor_forwards_unless_addressed() {
         let s = RingState::joined(peer(10), peer(20));
-        assert_eq!(
-            s.route(Id(5), false),
-            Route::Forward {
-                to: peer(20),
-                addressed: false
-            }
-        );
+        assert_eq!(s.route(Id(5), false), Route::Forward { to: peer(20), addressed: false });
         assert_eq!(s.route(Id(5), true), Route::Local);
-        assert_eq!(
-            s.route(Id(15), false),
-            Route::Forward {
-                to: peer(20),
-                addressed: true
-            }
-        );
+        assert_eq!(s.route(Id(15), false), Route::Forward { to: peer(20), addressed: true });
     }
 
     #[test]
@@ -361,11 +308,7 @@ mod tests {
         let mut s = RingState::joined(peer(30), peer(10));
         s.pred = Some(peer(10));
         assert!(s.on_notify(&peer(20)).is_some());
-        assert_eq!(
-            s.route(Id(15), true),
-            Route::Local,
-            "30 owns until the copy is done"
-        );
+        assert_eq!(s.route(Id(15), true), Route::Local, "30 owns until the copy is done");
         assert_eq!(s.finish_handoff(), Some(peer(10)));
         assert_eq!(s.route(Id(15), true), Route::Back { to: peer(20) });
         assert_eq!(s.route(Id(25), true), Route::Local);
@@ -378,26 +321,17 @@ mod tests {
         assert_eq!(s.on_notify(&peer(40)), None);
         assert_eq!(
             s.on_notify(&peer(60)),
-            Some(Action::StartHandoff {
-                range: Interval::new(Id(50), Id(60)),
-                to: peer(60)
-            })
+            Some(Action::StartHandoff { range: Interval::new(Id(50), Id(60)), to: peer(60) })
         );
         assert_eq!(s.on_notify(&peer(70)), None, "busy");
         s.abort_handoff();
-        assert_eq!(
-            s.pred(),
-            Some(&peer(50)),
-            "an aborted handoff changes nothing"
-        );
+        assert_eq!(s.pred(), Some(&peer(50)), "an aborted handoff changes nothing");
     }
 
     #[test]
     fn the_first_joiner_of_a_ring_of_one_becomes_both_neighbours() {
         let mut a = RingState::alone(peer(10));
-        let Some(Action::StartHandoff { range, .. }) = a.on_notify(&peer(20)) else {
-            panic!()
-        };
+        let Some(Action::StartHandoff { range, .. }) = a.on_notify(&peer(20)) else { panic!() };
         assert_eq!(range, Interval::new(Id(10), Id(20)));
         a.finish_handoff();
         assert_eq!(a.pred(), Some(&peer(20)));
@@ -430,18 +364,8 @@ mod tests {
         let mut s = RingState::joined(peer(10), peer(20));
         s.pred = Some(peer(5));
         assert!(s.begin_leave().is_some());
-        assert_eq!(
-            s.route(Id(7), false),
-            Route::Local,
-            "still owner while copying"
-        );
+        assert_eq!(s.route(Id(7), false), Route::Local, "still owner while copying");
         s.finish_handoff();
-        assert_eq!(
-            s.route(Id(7), false),
-            Route::Forward {
-                to: peer(20),
-                addressed: true
-            }
-        );
+        assert_eq!(s.route(Id(7), false), Route::Forward { to: peer(20), addressed: true });
     }
 }

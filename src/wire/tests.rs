@@ -10,36 +10,23 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    let op = prop_oneof![
-        Just(KvOp::Get),
-        bytes().prop_map(KvOp::Put),
-        Just(KvOp::Delete)
-    ];
-    let record = (".{0,16}", any::<u64>(), proptest::option::of(bytes())).prop_map(
-        |(key, version, value)| Record {
-            key,
-            version,
-            value,
-        },
-    );
+    let op = prop_oneof![Just(KvOp::Get), bytes().prop_map(KvOp::Put), Just(KvOp::Delete)];
+    let record = (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
+        .prop_map(|(key, version, value)| Record { key, version, value });
     prop_oneof![
-        (".{0,32}", op, any::<u32>(), any::<bool>()).prop_map(|(key, op, hops, addressed)| {
-            Request::Kv(KvRequest {
-                key,
-                op,
-                hops,
-                addressed,
-            })
-        }),
+        (".{0,32}", op, any::<u32>(), any::<bool>())
+            .prop_map(|(key, op, hops, addressed)| { Request::Kv(KvRequest { key, op, hops, addressed }) }),
         (any::<u64>(), any::<u32>()).prop_map(|(id, hops)| Request::FindSuccessor { id, hops }),
         Just(Request::Neighbors),
         node().prop_map(|from| Request::Notify { from }),
         (node(), proptest::collection::vec(record, 0..8))
             .prop_map(|(from, records)| Request::Merge { from, records }),
-        (node(), proptest::option::of(node()))
-            .prop_map(|(from, pred)| Request::HandoffDone { from, pred }),
-        (node(), proptest::option::of(node()), node())
-            .prop_map(|(node, pred, succ)| Request::Leaving { node, pred, succ }),
+        (node(), proptest::option::of(node())).prop_map(|(from, pred)| Request::HandoffDone { from, pred }),
+        (node(), proptest::option::of(node()), node()).prop_map(|(node, pred, succ)| Request::Leaving {
+            node,
+            pred,
+            succ
+        }),
         Just(Request::Status),
     ]
 }
@@ -52,24 +39,15 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u16>(), ".{0,20}").prop_map(|(status, reason)| KvOutcome::Failed { status, reason }),
     ];
     prop_oneof![
-        (outcome, any::<u32>(), ".{0,20}").prop_map(|(outcome, hops, owner)| Response::Kv(
-            KvReply {
-                outcome,
-                hops,
-                owner
-            }
-        )),
+        (outcome, any::<u32>(), ".{0,20}").prop_map(|(outcome, hops, owner)| Response::Kv(KvReply {
+            outcome,
+            hops,
+            owner
+        })),
         (node(), any::<u32>()).prop_map(|(node, hops)| Response::Successor { node, hops }),
-        (proptest::option::of(node()), node())
-            .prop_map(|(pred, succ)| Response::Neighbors { pred, succ }),
-        (node(), proptest::option::of(node()), node(), any::<u64>()).prop_map(
-            |(me, pred, succ, keys)| Response::Status(Status {
-                me,
-                pred,
-                succ,
-                keys
-            })
-        ),
+        (proptest::option::of(node()), node()).prop_map(|(pred, succ)| Response::Neighbors { pred, succ }),
+        (node(), proptest::option::of(node()), node(), any::<u64>())
+            .prop_map(|(me, pred, succ, keys)| Response::Status(Status { me, pred, succ, keys })),
         Just(Response::Ack),
         Just(Response::Busy),
     ]
@@ -119,10 +97,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Golden vectors: if one of these changes, the format changed and `VERSION` must be bumped.
 #[test]
 fn golden_bytes() {
-    let n = NodeInfo {
-        addr: "127.0.0.1:8000".into(),
-        id: 0x0102,
-    };
+    let n = NodeInfo { addr: "127.0.0.1:8000".into(), id: 0x0102 };
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             Request::Kv(KvRequest {
@@ -134,54 +109,25 @@ fn golden_bytes() {
             .encode(),
             "0100016b010276210301",
         ),
-        (
-            Request::FindSuccessor {
-                id: u64::MAX,
-                hops: 0,
-            }
-            .encode(),
-            "0101ffffffffffffffffff0100",
-        ),
-        (
-            Request::Notify { from: n.clone() }.encode(),
-            "01030e3132372e302e302e313a383030308202",
-        ),
+        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0101ffffffffffffffffff0100"),
+        (Request::Notify { from: n.clone() }.encode(), "01030e3132372e302e302e313a383030308202"),
         (
             Request::Merge {
                 from: n.clone(),
                 records: vec![
-                    Record {
-                        key: "a".into(),
-                        version: 7,
-                        value: Some(vec![1, 2]),
-                    },
-                    Record {
-                        key: "b".into(),
-                        version: 8,
-                        value: None,
-                    },
+                    Record { key: "a".into(), version: 7, value: Some(vec![1, 2]) },
+                    Record { key: "b".into(), version: 8, value: None },
                 ],
             }
             .encode(),
             "01040e3132372e302e302e313a383030308202020161070102010201620800",
         ),
         (
-            Response::Kv(KvReply {
-                outcome: KvOutcome::Value(b"xy".to_vec()),
-                hops: 2,
-                owner: "h:1".into(),
-            })
-            .encode(),
+            Response::Kv(KvReply { outcome: KvOutcome::Value(b"xy".to_vec()), hops: 2, owner: "h:1".into() })
+                .encode(),
             "0100000278790203683a31",
         ),
-        (
-            Response::Neighbors {
-                pred: None,
-                succ: n,
-            }
-            .encode(),
-            "0102000e3132372e302e302e313a383030308202",
-        ),
+        (Response::Neighbors { pred: None, succ: n }.encode(), "0102000e3132372e302e302e313a383030308202"),
     ];
     for (bytes, expect) in cases {
         assert_eq!(hex(&bytes), expect);

@@ -33,12 +33,7 @@ impl Drop for NodeProc {
 }
 
 /// Starts `sdht serve` and waits for its "listening" line. `listen` may be "127.0.0.1:0".
-pub async fn spawn_at(
-    listen: &str,
-    data: &Path,
-    bootstrap: Option<&str>,
-    extra: &[&str],
-) -> NodeProc {
+pub async fn spawn_at(listen: &str, data: &Path, bootstrap: Option<&str>, extra: &[&str]) -> NodeProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdht"));
     cmd.args(["serve", "--listen", listen, "--data"])
         .arg(data)
@@ -46,13 +41,7 @@ pub async fn spawn_at(
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(
-            std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(data.with_extension("log"))
-                .unwrap(),
-        )
+        .stderr(std::fs::File::options().create(true).append(true).open(data.with_extension("log")).unwrap())
         .kill_on_drop(true);
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
@@ -69,13 +58,7 @@ pub async fn spawn_at(
     let addr = words.next().unwrap().to_string();
     let id = Id::from_hex(words.next().unwrap().trim_start_matches("id=")).unwrap();
     assert_eq!(id, sdht::ring::node_id(&addr));
-    NodeProc {
-        addr,
-        id,
-        child,
-        data: data.to_path_buf(),
-        _dir: None,
-    }
+    NodeProc { addr, id, child, data: data.to_path_buf(), _dir: None }
 }
 
 /// Starts a node on a free port with a fresh temporary data directory.
@@ -124,11 +107,7 @@ pub async fn ring_ids(client: &Client, addr: &str) -> Option<Vec<Id>> {
     if ring["complete"] != serde_json::Value::Bool(true) {
         return None;
     }
-    ring["nodes"]
-        .as_array()?
-        .iter()
-        .map(|n| Id::from_hex(n["id"].as_str()?))
-        .collect()
+    ring["nodes"].as_array()?.iter().map(|n| Id::from_hex(n["id"].as_str()?)).collect()
 }
 
 /// True if every node's `/ring` walk lists exactly `nodes`, clockwise in id order from itself,
@@ -164,26 +143,13 @@ pub async fn wait_for_ring(nodes: &[NodeProc]) {
 }
 
 pub async fn keys_on(client: &Client, addr: &str) -> u64 {
-    client.json(addr, "/status").await.unwrap()["keys"]
-        .as_u64()
-        .unwrap()
+    client.json(addr, "/status").await.unwrap()["keys"].as_u64().unwrap()
 }
 
 /// Asks a node to leave and waits for its process to exit successfully.
 pub async fn leave(client: &Client, node: &mut NodeProc) {
-    let resp = client
-        .call(
-            &node.addr,
-            hyper::Method::POST,
-            "/leave",
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let resp = client.call(&node.addr, hyper::Method::POST, "/leave", Default::default()).await.unwrap();
     assert_eq!(resp.status(), 202);
-    let status = tokio::time::timeout(DEADLINE, node.child.wait())
-        .await
-        .expect("node did not exit")
-        .unwrap();
+    let status = tokio::time::timeout(DEADLINE, node.child.wait()).await.expect("node did not exit").unwrap();
     assert!(status.success(), "leaving node exited with {status}");
 }
