@@ -271,10 +271,30 @@ async fn run() -> anyhow::Result<ExitCode> {
             if resp.status() != StatusCode::ACCEPTED {
                 bail!("{}: {}", resp.status(), String::from_utf8_lossy(resp.body()).trim());
             }
-            // The node answers until it has handed its keys over; wait for it to go.
-            while client.json(&node, "/status").await.is_ok() {
+            // The node answers until it has handed its keys over; draw its progress until it
+            // is gone (indicatif draws only on a terminal).
+            let bar = indicatif::ProgressBar::new(100);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} leaving [{bar:40}] {pos:>3}% {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            while let Ok(status) = client.json(&node, "/status").await {
+                let h = &status["handoff"];
+                if h["leaving"] == true {
+                    bar.set_position(h["percent"].as_f64().unwrap_or(0.0) as u64);
+                    bar.set_message(format!(
+                        "{} keys, {} bytes to {}",
+                        h["keys"],
+                        h["bytes"],
+                        h["to"].as_str().unwrap_or("?")
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            bar.set_position(100);
+            bar.finish_with_message("done");
             println!("{node} left the ring");
             Ok(ExitCode::SUCCESS)
         }

@@ -130,9 +130,59 @@ fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
     }
 }
 
+/// The route label of a request, for metrics.
+fn route_of(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (&Method::GET, p) if p.starts_with("/kv/") => "kv_get",
+        (&Method::PUT, p) if p.starts_with("/kv/") => "kv_put",
+        (&Method::DELETE, p) if p.starts_with("/kv/") => "kv_delete",
+        (_, p) if p.starts_with("/kv/") => "kv_other",
+        (_, "/status") => "status",
+        (_, "/ring") => "ring",
+        (_, "/leave") => "leave",
+        (_, "/metrics") => "metrics",
+        (_, "/") => "page",
+        (_, RPC_PATH) => "internal",
+        _ => "other",
+    }
+}
+
 async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
+    let started = std::time::Instant::now();
+    let route = route_of(req.method(), req.uri().path());
+    let resp = route_request(&node, req).await;
+    node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn metrics(node: &Node) -> Resp {
+    let m = &node.inner.metrics;
+    m.keys.set(node.inner.storage.live_keys() as i64);
+    m.bytes.set(node.inner.storage.live_bytes() as i64);
+    let ring = node.ring();
+    m.successors.set(i64::from(ring.succ() != ring.me()));
+    drop(ring);
+    let mut r = hyper::Response::new(Full::new(Bytes::from(m.encode())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// The live ring page: one self-contained HTML file (inline CSS, SVG and script, no external
+/// assets) that redraws itself from `/ring` every 2 s.
+fn page() -> Resp {
+    let mut r = hyper::Response::new(Full::new(Bytes::from_static(include_bytes!("page.html"))));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
+    let node = node.clone();
     let path = req.uri().path().to_string();
-    let public = matches!(path.as_str(), "/status" | "/ring") && !node.inner.config.private_status;
+    let public =
+        matches!(path.as_str(), "/status" | "/ring" | "/metrics" | "/") && !node.inner.config.private_status;
     if path != RPC_PATH && !public {
         if let Err(e) = authorize(&node, &req) {
             return error_response(&e);
@@ -140,7 +190,9 @@ async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
     }
     let result = match path.as_str() {
         p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node.status()))),
+        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node.status(), node.progress()))),
+        "/metrics" => only(&req, Method::GET).map(|()| metrics(&node)),
+        "/" => only(&req, Method::GET).map(|()| page()),
         "/ring" => match only(&req, Method::GET) {
             Ok(()) => Ok(ring_walk(&node).await),
             Err(e) => Err(e),
@@ -226,6 +278,7 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
         _ => return Err(Error::MethodNotAllowed),
     };
     let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
+    node.inner.metrics.hops.observe(f64::from(reply.hops));
     let mut resp = match reply.outcome {
         KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
         KvOutcome::Done => {
@@ -267,8 +320,9 @@ async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
     Ok(r)
 }
 
-fn status_json(s: &Status) -> serde_json::Value {
+fn status_json(s: &Status, progress: Option<super::Progress>) -> serde_json::Value {
     serde_json::json!({
+        "handoff": progress,
         "addr": s.me.addr,
         "id": crate::ring::Id(s.me.id).to_string(),
         "successor": s.succ.addr,

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use super::error::{Error, PeerError, Result};
 use super::peer::Peers;
 use super::storage::{now_micros, Storage};
+use super::Progress;
 use super::{Node, KV_TIMEOUT};
 use crate::lmdb::Write;
-use crate::ring::{Action, HandoffKind, Interval, Peer, RingState};
+use crate::ring::{Action, HandoffKind, Id, Interval, Peer, RingState};
 use crate::wire::{self, Request, Response};
 
 /// How long a new node keeps asking its bootstrap before giving up: long enough for the
@@ -82,6 +83,7 @@ pub async fn stabilize_loop(node: Node, halt: CancellationToken) {
             _ = halt.cancelled() => return,
             _ = tick.tick() => {}
         }
+        node.inner.metrics.stabilize_rounds.inc();
         match stabilize_once(&node).await {
             Ok(()) => failing = false,
             Err(e) if !failing => {
@@ -162,7 +164,8 @@ impl Node {
         }
         self.inner.write_through_failed.store(false, Ordering::SeqCst);
         let started = Instant::now();
-        let copied = self.copy_range(range, &to).await;
+        let copied = self.copy_range(range, &to, kind == HandoffKind::Leave).await;
+        self.set_progress(None);
         let gate = self.inner.gate.write().await;
         let (keys, bytes) = match copied {
             Ok(moved) if !self.inner.write_through_failed.load(Ordering::SeqCst) => moved,
@@ -241,10 +244,18 @@ impl Node {
         }
     }
 
-    /// Sends every record of `range` to `to` in batches; returns (records, bytes) sent.
-    async fn copy_range(&self, range: Interval, to: &Peer) -> Result<(u64, u64)> {
+    fn set_progress(&self, p: Option<Progress>) {
+        *self.inner.progress.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    /// Sends every record of `range` to `to` in batches; returns (records, bytes) sent. Logs
+    /// progress at most once a second and keeps it current for `/status`.
+    async fn copy_range(&self, range: Interval, to: &Peer, leaving: bool) -> Result<(u64, u64)> {
         let (mut keys, mut bytes, mut resume) = (0u64, 0u64, None);
-        let mut last_log = Instant::now();
+        let (started, mut last_log) = (Instant::now(), Instant::now());
+        let span = if range.after == range.upto { u64::MAX } else { range.after.distance_to(range.upto) };
+        let mut progress = Progress { to: to.addr.clone(), leaving, ..Progress::default() };
+        self.set_progress(Some(progress.clone()));
         loop {
             let scan = self
                 .inner
@@ -252,8 +263,15 @@ impl Node {
                 .scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch)
                 .await?;
             if !scan.records.is_empty() {
+                let batch_bytes = scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
                 keys += scan.records.len() as u64;
-                bytes += scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
+                bytes += batch_bytes;
+                self.inner.metrics.handoff_keys.inc_by(scan.records.len() as u64);
+                self.inner.metrics.handoff_bytes.inc_by(batch_bytes);
+                let last = scan.records.last().map_or(range.after, |r| Id(r.id));
+                let percent = 100.0 * range.after.distance_to(last) as f64 / span as f64;
+                progress = Progress { keys, bytes, percent, ..progress };
+                self.set_progress(Some(progress.clone()));
                 let records = scan
                     .records
                     .into_iter()
@@ -266,7 +284,12 @@ impl Node {
                 self.merge_to(to, records).await?;
             }
             if last_log.elapsed() >= Duration::from_secs(1) {
-                tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, "handoff in progress");
+                let rate = keys as f64 / started.elapsed().as_secs_f64();
+                tracing::info!(
+                    node = %self.inner.me.addr, to = %to.addr, keys, bytes,
+                    percent = format!("{:.1}", progress.percent), keys_per_s = rate as u64,
+                    "handoff in progress"
+                );
                 last_log = Instant::now();
             }
             match scan.next {

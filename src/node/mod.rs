@@ -17,6 +17,7 @@ pub mod demo;
 mod error;
 mod http;
 mod membership;
+mod metrics;
 mod peer;
 mod storage;
 
@@ -101,6 +102,17 @@ impl Config {
     }
 }
 
+/// How far a running handoff has got: records and bytes sent, and the share of its id range
+/// scanned so far.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Progress {
+    pub to: String,
+    pub leaving: bool,
+    pub keys: u64,
+    pub bytes: u64,
+    pub percent: f64,
+}
+
 /// A node that has joined its ring (or started a new one). Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -118,6 +130,9 @@ struct Inner {
     write_through_failed: AtomicBool,
     storage: Storage,
     peers: Peers,
+    metrics: metrics::Metrics,
+    /// The running handoff's progress, shown in `/status` (`sdht leave` draws it).
+    progress: Mutex<Option<Progress>>,
     /// Checks incoming node-to-node calls; None when the ring runs without a key.
     key: Option<Arc<auth::ClusterKey>>,
     /// Cancelled by `POST /leave`: the node leaves and `serve` returns.
@@ -134,7 +149,8 @@ impl Node {
         if key.is_none() {
             tracing::warn!(node = %config.advertise, "no cluster key: node-to-node calls are not authenticated");
         }
-        let peers = Peers::new(config.max_message(), key.clone());
+        let metrics = metrics::Metrics::new();
+        let peers = Peers::new(config.max_message(), key.clone(), metrics.peer_failures.clone());
         let ring = match &config.bootstrap {
             None => RingState::alone(me.clone()),
             Some(b) => membership::join(&me, &peers, &storage, b).await?,
@@ -148,6 +164,8 @@ impl Node {
                 write_through_failed: AtomicBool::new(false),
                 storage,
                 peers,
+                metrics,
+                progress: Mutex::new(None),
                 key,
                 leave: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -170,6 +188,10 @@ impl Node {
 
     fn info(p: &Peer) -> NodeInfo {
         NodeInfo { addr: p.addr.clone(), id: p.id.0 }
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        self.inner.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn status(&self) -> wire::Status {
@@ -199,6 +221,7 @@ impl Node {
             Route::Back { to } => (to, true),
         };
         drop(gate);
+        self.inner.metrics.forwarded.inc();
         let failed = |e: Error| KvReply {
             outcome: KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
             hops: req.hops,

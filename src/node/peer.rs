@@ -13,6 +13,8 @@ use hyper_util::rt::TokioExecutor;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::PeerError;
 use crate::wire::{Message, Request, Response};
@@ -30,24 +32,31 @@ pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
     max_message: usize,
     key: Option<Arc<ClusterKey>>,
+    /// Counts failed calls (the `peer_call_failures` metric).
+    failures: Counter,
 }
 
 impl Peers {
     /// `max_message`: the largest answer accepted, in bytes; `key` signs every call.
-    pub fn new(max_message: usize, key: Option<Arc<ClusterKey>>) -> Peers {
+    pub fn new(max_message: usize, key: Option<Arc<ClusterKey>>, failures: Counter) -> Peers {
         let mut http = HttpConnector::new();
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(http);
-        Peers { client, max_message, key }
+        Peers { client, max_message, key, failures }
     }
 
     /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer.
     pub async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
-        tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
+        let result = tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
             .await
-            .map_err(|_| PeerError::Timeout)?
+            .map_err(|_| PeerError::Timeout)
+            .and_then(|r| r);
+        if result.is_err() {
+            self.failures.inc();
+        }
+        result
     }
 
     async fn call_inner(&self, addr: &str, body: Vec<u8>) -> Result<Response, PeerError> {

@@ -47,6 +47,10 @@ impl Storage {
         self.store.live_keys()
     }
 
+    pub fn live_bytes(&self) -> u64 {
+        self.store.live_bytes()
+    }
+
     /// Runs a blocking store call on tokio's blocking pool.
     pub async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
