@@ -257,11 +257,7 @@ impl Node {
         let mut progress = Progress { to: to.addr.clone(), leaving, ..Progress::default() };
         self.set_progress(Some(progress.clone()));
         loop {
-            let scan = self
-                .inner
-                .storage
-                .scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch)
-                .await?;
+            let scan = self.scan_batch(range, resume).await?;
             if !scan.records.is_empty() {
                 let batch_bytes = scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
                 keys += scan.records.len() as u64;
@@ -299,15 +295,16 @@ impl Node {
         }
     }
 
+    /// One handoff-sized batch of `range`, resuming after `resume`.
+    async fn scan_batch(&self, range: Interval, resume: Option<Vec<u8>>) -> Result<crate::lmdb::Scan> {
+        self.inner.storage.scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch).await
+    }
+
     /// Removes the local copy of a range that now belongs to another node.
     async fn drop_range(&self, range: Interval) -> Result<()> {
         let mut resume = None;
         loop {
-            let scan = self
-                .inner
-                .storage
-                .scan(range.after.0, range.upto.0, resume, self.inner.config.handoff_batch)
-                .await?;
+            let scan = self.scan_batch(range, resume).await?;
             let removes = scan
                 .records
                 .into_iter()
