@@ -70,6 +70,12 @@ enum Command {
         /// Forwards after which a request is refused with 508 (a routing loop).
         #[arg(long, default_value_t = node::DEFAULT_HOP_LIMIT)]
         hop_limit: u32,
+        /// Length of the successor list, for repair after crashes.
+        #[arg(long, default_value_t = node::DEFAULT_SUCCESSORS, value_parser = clap::value_parser!(u64).range(1..=32))]
+        successors: u64,
+        /// Copies of each key: the owner and its next R-1 successors (at most --successors).
+        #[arg(long, default_value_t = node::DEFAULT_REPLICAS, value_parser = clap::value_parser!(u64).range(1..=32))]
+        replicas: u64,
         /// Shared secret of the ring, at least 32 bytes (or env SDHT_CLUSTER_KEY): node-to-node
         /// calls are signed with it and unsigned ones refused.
         #[arg(long, value_name = "PATH")]
@@ -208,6 +214,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             max_value_bytes,
             hop_limit,
             handoff_batch_keys,
+            successors,
+            replicas,
             cluster_key_file,
             client_token_file,
             private_status,
@@ -238,6 +246,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.max_value_bytes = max_value_bytes;
             config.hop_limit = hop_limit;
             config.handoff_batch = handoff_batch_keys as usize;
+            config.successors = successors as usize;
+            config.replicas = replicas as usize;
             config.cluster_key = cluster_key;
             config.client_token = secret(client_token_file.as_ref(), None)?
                 .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))

@@ -117,16 +117,34 @@ async fn four_nodes_serve_every_key_through_every_node() {
     let acked = write_keys(&client, &addrs, 1000, "k").await;
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 3).await;
-    // Each key sits on exactly its owner: the per-node counts add up to 1000 and match the
-    // ranges the ring assigns.
+    // Each key sits on exactly its owner and the owner's next two successors (the default
+    // three replicas): every node holds exactly the keys of its own range and of its two
+    // predecessors' ranges.
+    for n in &nodes {
+        assert_eq!(
+            keys_on(&client, &n.addr).await,
+            replicated_here(&nodes, n, 3, &acked),
+            "keys on {}",
+            n.addr
+        );
+    }
+}
+
+/// How many live keys of `acked` `node` must hold with `r` replicas: those in the ranges of
+/// the node and of its r-1 predecessors, i.e. in (r-th predecessor, node].
+fn replicated_here(
+    nodes: &[NodeProc],
+    node: &NodeProc,
+    r: usize,
+    acked: &BTreeMap<String, Option<Vec<u8>>>,
+) -> u64 {
     let mut ids: Vec<Id> = nodes.iter().map(|n| n.id).collect();
     ids.sort();
-    for n in &nodes {
-        let i = ids.iter().position(|x| *x == n.id).unwrap();
-        let range = Interval::new(ids[(i + 3) % 4], n.id);
-        let expect = acked.keys().filter(|k| range.contains(key_id(k.as_bytes()))).count() as u64;
-        assert_eq!(keys_on(&client, &n.addr).await, expect, "keys on {}", n.addr);
-    }
+    let n = ids.len();
+    let i = ids.iter().position(|x| *x == node.id).unwrap();
+    let range =
+        if r >= n { Interval::new(node.id, node.id) } else { Interval::new(ids[(i + n - r) % n], node.id) };
+    acked.iter().filter(|(k, v)| v.is_some() && range.contains(key_id(k.as_bytes()))).count() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,14 +166,14 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
     let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 4).await;
+    // The newcomer took exactly its range from its successor and, as the next replica of
+    // its two predecessors, their ranges (their re-replication runs in the background).
     let new = &nodes[4];
-    let pred =
-        Id::from_hex(client.json(&new.addr, "/ring").await.unwrap()["nodes"][4]["id"].as_str().unwrap())
-            .unwrap();
-    let range = Interval::new(pred, new.id);
-    let expect =
-        acked.iter().filter(|(k, v)| v.is_some() && range.contains(key_id(k.as_bytes()))).count() as u64;
-    assert_eq!(keys_on(&client, &new.addr).await, expect);
+    let expect = replicated_here(&nodes, new, 3, &acked);
+    eventually("the newcomer to hold its range and its replicas", || async {
+        keys_on(&client, &new.addr).await == expect
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,13 @@ pub enum Error {
         #[source]
         source: PeerError,
     },
+    /// `--replicas` must be between 1 and `--successors`.
+    #[error("--replicas {replicas} must be between 1 and --successors ({successors})")]
+    BadReplicas { replicas: usize, successors: usize },
+    /// A write is durable on its owner but no successor acknowledged its replica: 503, and
+    /// the write is not acknowledged; retry.
+    #[error("no replica acknowledged the write in time; it is not acknowledged, retry")]
+    NotReplicated,
     /// `--bootstrap` names this node itself.
     #[error("--bootstrap names this node itself; omit it to start a new ring")]
     BootstrapIsSelf,
@@ -133,7 +140,10 @@ impl Error {
             Error::Unavailable { .. } | Error::NotServing | Error::Join { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::BootstrapIsSelf | Error::StillMember(_) => StatusCode::CONFLICT,
+            Error::BootstrapIsSelf | Error::StillMember(_) | Error::BadReplicas { .. } => {
+                StatusCode::CONFLICT
+            }
+            Error::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
             Error::ClusterKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_)
             | Error::CommitFailed(_)

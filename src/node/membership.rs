@@ -10,7 +10,7 @@ use super::error::{Error, PeerError, Result};
 use super::peer::Peers;
 use super::storage::{now_micros, Storage};
 use super::Progress;
-use super::{Node, KV_TIMEOUT};
+use super::{Node, BATCH_TIMEOUT, KV_TIMEOUT};
 use crate::lmdb::Write;
 use crate::ring::{Action, HandoffKind, Id, Interval, Peer, RingState};
 use crate::wire::{self, Request, Response};
@@ -96,38 +96,101 @@ pub async fn stabilize_loop(node: Node, halt: CancellationToken) {
 }
 
 async fn stabilize_once(node: &Node) -> Result<()> {
-    let Some(target) = node.ring().stabilize_target() else {
-        return Ok(());
-    };
+    node.check_predecessor().await;
     let timeout = node.inner.config.peer_timeout;
-    let unavailable = |source| Error::Unavailable { addr: target.addr.clone(), source };
-    let pred = match node.inner.peers.call(&target.addr, &Request::Neighbors, timeout).await {
-        Ok(Response::Neighbors { pred, .. }) => pred,
-        Ok(_) => return Err(unavailable(PeerError::Unexpected)),
-        Err(e) => return Err(unavailable(e)),
-    };
-    // A predecessor whose id is not its address's hash is ignored, not adopted.
-    let pred = pred.and_then(|p| Node::peer_from(&p).ok());
-    let actions = node.ring().on_successor_pred(&target, pred);
-    let succ = node.ring().succ().clone();
-    if succ != target {
-        tracing::info!(node = %node.inner.me.addr, old = %target.addr, new = %succ.addr, "successor changed");
-        node.save_successor().await;
-    }
-    for action in actions {
-        if let Action::Notify(s) = action {
-            let req = Request::Notify { from: Node::info(&node.inner.me) };
-            node.inner
-                .peers
-                .call(&s.addr, &req, timeout)
-                .await
-                .map_err(|source| Error::Unavailable { addr: s.addr, source })?;
+    // Zave: a dead successor is dropped for the next live entry of the list.
+    for _ in 0..=node.inner.config.successors {
+        let Some(target) = node.ring().stabilize_target() else {
+            return Ok(());
+        };
+        let (pred, succs) = match node.inner.peers.call(&target.addr, &Request::Neighbors, timeout).await {
+            Ok(Response::Neighbors { pred, succs }) => (pred, succs),
+            Ok(_) => return Err(Error::Unavailable { addr: target.addr, source: PeerError::Unexpected }),
+            Err(e) => {
+                node.peer_dead(&target, &e).await;
+                continue;
+            }
+        };
+        // Peers whose id is not their address's hash are ignored, not adopted.
+        let pred = pred.and_then(|p| Node::peer_from(&p).ok());
+        let succs = succs.iter().filter_map(|p| Node::peer_from(p).ok()).collect();
+        let actions = node.ring().on_successor_reply(&target, pred, succs);
+        let succ = node.ring().succ().clone();
+        if succ != target {
+            tracing::info!(node = %node.inner.me.addr, old = %target.addr, new = %succ.addr, "successor changed");
+            node.save_successor().await;
         }
+        for action in actions {
+            if let Action::Notify(s) = action {
+                let req = Request::Notify { from: Node::info(&node.inner.me) };
+                node.inner
+                    .peers
+                    .call(&s.addr, &req, timeout)
+                    .await
+                    .map_err(|source| Error::Unavailable { addr: s.addr, source })?;
+            }
+        }
+        node.maybe_rereplicate();
+        return Ok(());
     }
-    Ok(())
+    Err(Error::NotServing)
 }
 
 impl Node {
+    /// A peer did not answer: drop it from the successor list and as predecessor.
+    pub(super) async fn peer_dead(&self, peer: &Peer, error: &PeerError) {
+        if self.ring().on_peer_dead(peer) {
+            tracing::warn!(node = %self.inner.me.addr, peer = %peer.addr, %error, "peer dead");
+            self.save_successor().await;
+        }
+    }
+
+    /// Zave's rectify needs to know when the predecessor is dead: ask it each round.
+    async fn check_predecessor(&self) {
+        let Some(pred) = self.ring().pred().cloned() else { return };
+        let timeout = self.inner.config.peer_timeout;
+        if let Err(e) = self.inner.peers.call(&pred.addr, &Request::Neighbors, timeout).await {
+            self.peer_dead(&pred, &e).await;
+        }
+    }
+
+    /// After a membership change, re-establish R copies of this node's range: push it to the
+    /// first R-1 successors in the background (one push at a time; retried next round if it
+    /// fails). This is also how a node that took over a dead predecessor's range makes new
+    /// replicas of it.
+    fn maybe_rereplicate(&self) {
+        let wanted = self.inner.config.replicas.saturating_sub(1);
+        if wanted == 0 || self.inner.rereplicating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (range, targets) = {
+            let ring = self.ring();
+            (ring.owned(), ring.replica_peers(wanted))
+        };
+        let sig: Vec<u64> = range.iter().map(|r| r.after.0).chain(targets.iter().map(|p| p.id.0)).collect();
+        let done = self.inner.replicated_for.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(range) = range.filter(|_| !targets.is_empty() && done != sig) else {
+            self.inner.rereplicating.store(false, Ordering::SeqCst);
+            return;
+        };
+        let node = self.clone();
+        self.inner.tasks.spawn(async move {
+            let mut ok = true;
+            for t in &targets {
+                tracing::info!(node = %node.inner.me.addr, to = %t.addr, "re-replicating range");
+                if let Err(e) = node.copy_range(range, t, false).await {
+                    tracing::warn!(node = %node.inner.me.addr, to = %t.addr, error = %e, "re-replication failed");
+                    ok = false;
+                }
+            }
+            node.set_progress(None);
+            if ok {
+                *node.inner.replicated_for.lock().unwrap_or_else(|e| e.into_inner()) = sig;
+            }
+            node.inner.rereplicating.store(false, Ordering::SeqCst);
+        });
+    }
+
     pub(super) async fn save_successor(&self) {
         let succ = self.ring().succ().addr.clone();
         if let Err(e) = self.inner.storage.meta_put(SUCC_META, succ.into_bytes()).await {
@@ -191,6 +254,10 @@ impl Node {
                     tracing::debug!(to = %to.addr, error = %e, "handoff-done not delivered");
                 }
                 tracing::info!(node = %self.inner.me.addr, pred = %to.addr, keys, bytes, ms = started.elapsed().as_millis() as u64, "predecessor changed; range handed over");
+                if self.inner.config.replicas > 1 {
+                    // We are the new owner's first successor: our copy is its first replica.
+                    return Ok(());
+                }
             }
             HandoffKind::Leave => {
                 let (pred, succ) = {
@@ -277,7 +344,7 @@ impl Node {
                         value: r.value,
                     })
                     .collect();
-                self.merge_to(to, records).await?;
+                self.merge_to(to, records, BATCH_TIMEOUT).await?;
             }
             if last_log.elapsed() >= Duration::from_secs(1) {
                 let rate = keys as f64 / started.elapsed().as_secs_f64();

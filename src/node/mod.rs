@@ -45,6 +45,12 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 << 20;
 /// Default hop limit: more forwards than any sane ring has nodes means a routing loop.
 pub const DEFAULT_HOP_LIMIT: u32 = 512;
+/// Default successor-list length: survives r-1 adjacent crashes between two stabilize rounds.
+pub const DEFAULT_SUCCESSORS: u64 = 4;
+/// Default copies of each key.
+pub const DEFAULT_REPLICAS: u64 = 3;
+/// Wait for a replica's acknowledgement of one write (a durable commit on the replica).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default stabilize period (Chord's repair round).
 pub const DEFAULT_STABILIZE: Duration = Duration::from_millis(200);
 /// Default wait for a peer's answer to a control message (stabilize, notify, status). On
@@ -70,6 +76,10 @@ pub struct Config {
     pub hop_limit: u32,
     /// Most records in one handoff batch (at most `wire::BATCH_RECORDS`).
     pub handoff_batch: usize,
+    /// Length r of the successor list (repair after crashes).
+    pub successors: usize,
+    /// Copies of each key: on its owner and the owner's next R-1 successors (R <= r).
+    pub replicas: usize,
     /// The ring's shared secret: node-to-node calls are signed with it and unsigned ones
     /// refused. None: calls are not authenticated (only allowed on loopback).
     pub cluster_key: Option<Vec<u8>>,
@@ -90,6 +100,8 @@ impl Config {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             hop_limit: DEFAULT_HOP_LIMIT,
             handoff_batch: wire::BATCH_RECORDS,
+            successors: DEFAULT_SUCCESSORS as usize,
+            replicas: DEFAULT_REPLICAS as usize,
             cluster_key: None,
             client_token: None,
             private_status: false,
@@ -128,6 +140,10 @@ struct Inner {
     gate: tokio::sync::RwLock<()>,
     /// Set when a write-through to a handoff's receiver failed: the handoff must not switch.
     write_through_failed: AtomicBool,
+    /// A re-replication push is running.
+    rereplicating: AtomicBool,
+    /// (range start, replica ids) the last complete re-replication was for.
+    replicated_for: Mutex<Vec<u64>>,
     storage: Storage,
     peers: Peers,
     metrics: metrics::Metrics,
@@ -151,10 +167,14 @@ impl Node {
         }
         let metrics = metrics::Metrics::new();
         let peers = Peers::new(config.max_message(), key.clone(), metrics.peer_failures.clone());
+        if config.replicas == 0 || config.replicas > config.successors {
+            return Err(Error::BadReplicas { replicas: config.replicas, successors: config.successors });
+        }
         let ring = match &config.bootstrap {
             None => RingState::alone(me.clone()),
             Some(b) => membership::join(&me, &peers, &storage, b).await?,
-        };
+        }
+        .with_list_len(config.successors);
         tracing::info!(node = %me.addr, id = %me.id, succ = %ring.succ().addr, "joined");
         let node = Node {
             inner: Arc::new(Inner {
@@ -162,6 +182,8 @@ impl Node {
                 ring: Mutex::new(ring),
                 gate: tokio::sync::RwLock::new(()),
                 write_through_failed: AtomicBool::new(false),
+                rereplicating: AtomicBool::new(false),
+                replicated_for: Mutex::new(Vec::new()),
                 storage,
                 peers,
                 metrics,
@@ -207,35 +229,46 @@ impl Node {
     /// A client's get/put/delete, here or forwarded one node on.
     pub async fn kv(&self, req: KvRequest) -> KvReply {
         let id = key_id(req.key.as_bytes());
-        let gate = self.inner.gate.read().await;
-        let route = self.ring().route(id, req.addressed);
-        let (to, addressed) = match route {
-            Route::Local => {
-                let outcome = match self.local_kv(id.0, &req, gate).await {
-                    Ok(outcome) => outcome,
-                    Err(e) => KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
-                };
-                return KvReply { outcome, hops: req.hops, owner: self.inner.me.addr.clone() };
-            }
-            Route::Forward { to, addressed } => (to, addressed),
-            Route::Back { to } => (to, true),
-        };
-        drop(gate);
-        self.inner.metrics.forwarded.inc();
         let failed = |e: Error| KvReply {
             outcome: KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
             hops: req.hops,
             owner: String::new(),
         };
-        if req.hops >= self.inner.config.hop_limit {
-            return failed(Error::HopLimit(self.inner.config.hop_limit));
+        // A next hop that refuses connections is dead: drop it and route again (to the next
+        // live successor, or to ourselves once a dead predecessor is forgotten).
+        let mut last_error = None;
+        for _ in 0..=self.inner.config.successors + 1 {
+            let gate = self.inner.gate.read().await;
+            let route = self.ring().route(id, req.addressed);
+            let (to, addressed) = match route {
+                Route::Local => {
+                    let outcome = match self.local_kv(id.0, &req, gate).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
+                    };
+                    return KvReply { outcome, hops: req.hops, owner: self.inner.me.addr.clone() };
+                }
+                Route::Forward { to, addressed } => (to, addressed),
+                Route::Back { to } => (to, true),
+            };
+            drop(gate);
+            if req.hops >= self.inner.config.hop_limit {
+                return failed(Error::HopLimit(self.inner.config.hop_limit));
+            }
+            self.inner.metrics.forwarded.inc();
+            let fwd = Request::Kv(KvRequest { hops: req.hops + 1, addressed, ..req.clone() });
+            match self.inner.peers.call(&to.addr, &fwd, KV_TIMEOUT).await {
+                Ok(Response::Kv(reply)) => return reply,
+                Ok(_) => return failed(Error::Unavailable { addr: to.addr, source: PeerError::Unexpected }),
+                Err(PeerError::Connect(e)) if e.is_connect() => {
+                    let e = PeerError::Connect(e);
+                    self.peer_dead(&to, &e).await;
+                    last_error = Some(Error::Unavailable { addr: to.addr, source: e });
+                }
+                Err(source) => return failed(Error::Unavailable { addr: to.addr, source }),
+            }
         }
-        let fwd = Request::Kv(KvRequest { hops: req.hops + 1, addressed, ..req.clone() });
-        match self.inner.peers.call(&to.addr, &fwd, KV_TIMEOUT).await {
-            Ok(Response::Kv(reply)) => reply,
-            Ok(_) => failed(Error::Unavailable { addr: to.addr, source: PeerError::Unexpected }),
-            Err(source) => failed(Error::Unavailable { addr: to.addr, source }),
-        }
+        failed(last_error.unwrap_or(Error::NotServing))
     }
 
     /// Executes a request this node owns. `_gate` is held until the write (and its
@@ -262,11 +295,12 @@ impl Node {
             Applied::Stored { version, .. } => version,
             Applied::Unchanged => return Ok(KvOutcome::NotFound),
         };
+        let rec = wire::Record { key: req.key.clone(), version, value: value.cloned() };
+        self.replicate(&rec).await?;
         let through =
             self.ring().handoff().filter(|h| h.range.contains(crate::ring::Id(id))).map(|h| h.to.clone());
         if let Some(to) = through {
-            let rec = wire::Record { key: req.key.clone(), version, value: value.cloned() };
-            if let Err(e) = self.merge_to(&to, vec![rec]).await {
+            if let Err(e) = self.merge_to(&to, vec![rec], BATCH_TIMEOUT).await {
                 // The write is durable here and this node still owns the key: the handoff
                 // is what fails, and it will start over.
                 tracing::warn!(to = %to.addr, error = %e, "write-through failed; handoff will abort");
@@ -276,10 +310,43 @@ impl Node {
         Ok(KvOutcome::Done)
     }
 
+    /// Copies a write made here to the next R-1 successors, in parallel, and waits for them.
+    /// It is acknowledged once durable on every replica that answers, and on at least one
+    /// when this node has any successor (a ring of one keeps its only copy).
+    async fn replicate(&self, rec: &wire::Record) -> Result<()> {
+        let targets = self.ring().replica_peers(self.inner.config.replicas.saturating_sub(1));
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for t in targets {
+            let (node, rec) = (self.clone(), rec.clone());
+            calls.spawn(async move {
+                let result = node.merge_to(&t, vec![rec], REPLICATE_TIMEOUT).await;
+                (t, result)
+            });
+        }
+        let mut acks = 0;
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((_, Ok(()))) => acks += 1,
+                Ok((t, Err(Error::Unavailable { source: PeerError::Connect(e), .. }))) if e.is_connect() => {
+                    self.peer_dead(&t, &PeerError::Connect(e)).await
+                }
+                Ok((t, Err(e))) => tracing::debug!(replica = %t.addr, error = %e, "replica write failed"),
+                Err(_) => {}
+            }
+        }
+        if acks == 0 {
+            return Err(Error::NotReplicated);
+        }
+        Ok(())
+    }
+
     /// Sends records to `to` to keep where newer.
-    async fn merge_to(&self, to: &Peer, records: Vec<wire::Record>) -> Result<()> {
+    async fn merge_to(&self, to: &Peer, records: Vec<wire::Record>, timeout: Duration) -> Result<()> {
         let req = Request::Merge { from: Self::info(&self.inner.me), records };
-        match self.inner.peers.call(&to.addr, &req, BATCH_TIMEOUT).await {
+        match self.inner.peers.call(&to.addr, &req, timeout).await {
             Ok(Response::Ack) => Ok(()),
             Ok(Response::Busy) => Err(Error::NotServing),
             Ok(_) => Err(Error::Unavailable { addr: to.addr.clone(), source: PeerError::Unexpected }),
@@ -312,7 +379,8 @@ impl Node {
             Request::FindSuccessor { id, hops } => self.find_successor(id, hops).await,
             Request::Neighbors => {
                 let ring = self.ring();
-                Ok(Response::Neighbors { pred: ring.pred().map(Self::info), succ: Self::info(ring.succ()) })
+                let succs = ring.successors().iter().map(Self::info).collect();
+                Ok(Response::Neighbors { pred: ring.pred().map(Self::info), succs })
             }
             Request::Notify { from } => {
                 let from = Self::peer_from(&from)?;

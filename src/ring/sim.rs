@@ -1,7 +1,8 @@
-//! An in-memory network of `RingState`s: joins, leaves and stabilize rounds with instant
-//! message delivery and instant handoffs, so the membership protocol is checked with no
-//! sockets and no clock. Each node also holds a set of key ids, to check that handoffs put
-//! every key on its owner and lose none.
+//! An in-memory network of `RingState`s: joins, graceful leaves, crashes and stabilize rounds
+//! with instant message delivery and instant handoffs, so the membership protocol is checked
+//! with no sockets and no clock. A call to a crashed node fails, and the caller drops it
+//! (`on_peer_dead`), as the node does on a timeout. Each node also holds a set of key ids, to
+//! check that handoffs put every key on its owner and lose none but a crashed node's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,12 +13,20 @@ use super::*;
 struct Sim {
     nodes: BTreeMap<String, RingState>,
     keys: BTreeMap<String, BTreeSet<u64>>,
+    /// Keys that died with a crashed node (one copy each here: no replication in the sim).
+    lost: BTreeSet<u64>,
+    /// Successor-list length.
+    r: usize,
 }
 
 impl Sim {
     fn new(first: &str, keys: impl IntoIterator<Item = u64>) -> Sim {
-        let mut sim = Sim { nodes: BTreeMap::new(), keys: BTreeMap::new() };
-        sim.nodes.insert(first.into(), RingState::alone(Peer::new(first)));
+        Sim::with_list_len(first, keys, 1)
+    }
+
+    fn with_list_len(first: &str, keys: impl IntoIterator<Item = u64>, r: usize) -> Sim {
+        let mut sim = Sim { nodes: BTreeMap::new(), keys: BTreeMap::new(), lost: BTreeSet::new(), r };
+        sim.nodes.insert(first.into(), RingState::alone(Peer::new(first)).with_list_len(r));
         sim.keys.insert(first.into(), keys.into_iter().collect());
         sim
     }
@@ -26,7 +35,7 @@ impl Sim {
     fn find_successor(&self, at: &str, id: Id) -> Option<(Peer, usize)> {
         let mut cur = at.to_string();
         for hops in 0..=self.nodes.len() * 2 {
-            match self.nodes[&cur].find_successor(id) {
+            match self.nodes.get(&cur)?.find_successor(id) {
                 FindStep::Found(p) => return Some((p, hops)),
                 FindStep::Forward(p) => cur = p.addr,
             }
@@ -39,7 +48,10 @@ impl Sim {
         let Some((succ, _)) = self.find_successor(bootstrap, me.id) else {
             return;
         };
-        self.nodes.insert(addr.into(), RingState::joined(me, succ));
+        if !self.nodes.contains_key(&succ.addr) {
+            return;
+        }
+        self.nodes.insert(addr.into(), RingState::joined(me, succ).with_list_len(self.r));
         self.keys.insert(addr.into(), BTreeSet::new());
     }
 
@@ -52,13 +64,28 @@ impl Sim {
     }
 
     fn stabilize(&mut self, addr: &str) {
-        let Some(target) = self.nodes.get_mut(addr).unwrap().stabilize_target() else {
-            return;
+        // A dead predecessor is forgotten (the node pings it each round).
+        if let Some(p) = self.nodes[addr].pred().cloned() {
+            if !self.nodes.contains_key(&p.addr) {
+                self.nodes.get_mut(addr).unwrap().on_peer_dead(&p);
+            }
+        }
+        // Skip dead successors to the next live entry.
+        let target = loop {
+            let Some(target) = self.nodes.get_mut(addr).unwrap().stabilize_target() else { return };
+            if self.nodes.contains_key(&target.addr) {
+                break target;
+            }
+            self.nodes.get_mut(addr).unwrap().on_peer_dead(&target);
         };
         let x = self.nodes[&target.addr].pred().cloned();
-        let actions = self.nodes.get_mut(addr).unwrap().on_successor_pred(&target, x);
+        let list = self.nodes[&target.addr].successors().to_vec();
+        let actions = self.nodes.get_mut(addr).unwrap().on_successor_reply(&target, x, list);
         for action in actions {
             let Action::Notify(s) = action else { unreachable!() };
+            if !self.nodes.contains_key(&s.addr) {
+                continue;
+            }
             let me = self.nodes[addr].me().clone();
             let Some(Action::StartHandoff { range, to }) =
                 self.nodes.get_mut(&s.addr).unwrap().on_notify(&me)
@@ -71,6 +98,12 @@ impl Sim {
                 self.nodes.get_mut(&to.addr).unwrap().on_predecessor_hint(old);
             }
         }
+    }
+
+    /// kill -9: gone without a word, its keys with it.
+    fn crash(&mut self, addr: &str) {
+        self.nodes.remove(addr);
+        self.lost.extend(self.keys.remove(addr).unwrap());
     }
 
     fn leave(&mut self, addr: &str) {
@@ -103,8 +136,9 @@ impl Sim {
         ids
     }
 
-    /// Zave's "one ordered ring": every node's successor is the next id clockwise and its
-    /// predecessor the previous one; a ring of one points at itself with no predecessor.
+    /// Zave's "one ordered ring": every node's successor list is the next min(r, n-1) ids
+    /// clockwise and its predecessor the previous one; a ring of one points at itself with no
+    /// predecessor.
     fn is_correct(&self) -> bool {
         let ids = self.sorted_ids();
         let n = ids.len();
@@ -113,7 +147,9 @@ impl Sim {
             if n == 1 {
                 return s.succ() == s.me() && s.pred().is_none();
             }
-            s.succ().id == ids[(i + 1) % n] && s.pred().map(|p| p.id) == Some(ids[(i + n - 1) % n])
+            let want: Vec<Id> = (1..=self.r.min(n - 1)).map(|k| ids[(i + k) % n]).collect();
+            let list: Vec<Id> = s.successors().iter().map(|p| p.id).collect();
+            list == want && s.pred().map(|p| p.id) == Some(ids[(i + n - 1) % n])
         })
     }
 
@@ -130,7 +166,7 @@ impl Sim {
     fn check_keys(&self, all: &BTreeSet<u64>) {
         let ids = self.sorted_ids();
         let held: usize = self.keys.values().map(|k| k.len()).sum();
-        assert_eq!(held, all.len(), "a key was lost or duplicated");
+        assert_eq!(held, all.difference(&self.lost).count(), "a key was lost or duplicated");
         for (addr, keys) in &self.keys {
             let me = self.nodes[addr].me().id;
             for k in keys {
@@ -168,6 +204,8 @@ enum Op {
     Join(usize),
     /// A member leaves gracefully.
     Leave(usize),
+    /// A member crashes.
+    Crash(usize),
     /// One stabilize round of every member.
     Round,
 }
@@ -176,6 +214,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => any::<usize>().prop_map(Op::Join),
         1 => any::<usize>().prop_map(Op::Leave),
+        1 => any::<usize>().prop_map(Op::Crash),
         2 => Just(Op::Round),
     ]
 }
@@ -183,14 +222,17 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Any mix of joins (several at once, before any stabilize), leaves and rounds settles
-    /// into one ordered ring, with every key on its owner and routing within N-1 forwards.
+    /// Any mix of joins (several at once, before any stabilize), graceful leaves, crashes and
+    /// rounds settles into one ordered ring (Zave's invariants: every live node reachable,
+    /// successor lists the next r nodes, no loops), with every key on its owner, only crashed
+    /// nodes' keys lost, and routing within N-1 forwards.
     #[test]
     fn membership_converges_and_keeps_every_key(
         ops in proptest::collection::vec(op(), 1..40),
         keys in proptest::collection::btree_set(any::<u64>(), 0..200),
+        r in 1usize..5,
     ) {
-        let mut sim = Sim::new("10.0.0.0:1", keys.iter().copied());
+        let mut sim = Sim::with_list_len("10.0.0.0:1", keys.iter().copied(), r);
         let mut next = 2;
         for op in ops {
             let members: Vec<String> = sim.nodes.keys().cloned().collect();
@@ -205,6 +247,13 @@ proptest! {
                     sim.leave(&members[i % members.len()]);
                 }
                 Op::Leave(_) => {}
+                // A crash needs a settled ring with more members than r (Zave's stable base
+                // of r+1); with a single successor pointer a crash breaks the ring for good.
+                Op::Crash(i) if r > 1 && members.len() > r + 1 => {
+                    sim.converge();
+                    sim.crash(&members[i % members.len()]);
+                }
+                Op::Crash(_) => {}
                 Op::Round => sim.round(),
             }
         }

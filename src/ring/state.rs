@@ -76,7 +76,10 @@ pub enum FindStep {
 pub struct RingState {
     me: Peer,
     pred: Option<Peer>,
-    succ: Peer,
+    /// The successor list, nearest first, at most `r` long and never empty: `[me]` when alone.
+    /// Routing uses only its head; the rest is for repair (and replica placement).
+    succs: Vec<Peer>,
+    r: usize,
     handoff: Option<Handoff>,
     departed: bool,
 }
@@ -84,7 +87,7 @@ pub struct RingState {
 impl RingState {
     /// A new ring of one.
     pub fn alone(me: Peer) -> RingState {
-        RingState { succ: me.clone(), me, pred: None, handoff: None, departed: false }
+        RingState { succs: vec![me.clone()], me, pred: None, r: 1, handoff: None, departed: false }
     }
 
     /// A node that has just learnt its successor from the ring and knows no predecessor yet.
@@ -92,7 +95,14 @@ impl RingState {
         if succ == me {
             return RingState::alone(me);
         }
-        RingState { me, pred: None, succ, handoff: None, departed: false }
+        RingState { me, pred: None, succs: vec![succ], r: 1, handoff: None, departed: false }
+    }
+
+    /// Keep up to `r` successors (Zave's r; at least 1).
+    pub fn with_list_len(mut self, r: usize) -> RingState {
+        self.r = r.max(1);
+        self.succs.truncate(self.r);
+        self
     }
 
     pub fn me(&self) -> &Peer {
@@ -102,7 +112,23 @@ impl RingState {
         self.pred.as_ref()
     }
     pub fn succ(&self) -> &Peer {
-        &self.succ
+        &self.succs[0]
+    }
+
+    /// The successor list, nearest first (`[me]` when alone).
+    pub fn successors(&self) -> &[Peer] {
+        &self.succs
+    }
+
+    /// Up to `n` distinct other nodes that follow this one: where its keys' replicas live.
+    pub fn replica_peers(&self, n: usize) -> Vec<Peer> {
+        let mut out: Vec<Peer> = Vec::new();
+        for p in &self.succs {
+            if *p != self.me && !out.contains(p) && out.len() < n {
+                out.push(p.clone());
+            }
+        }
+        out
     }
     pub fn handoff(&self) -> Option<&Handoff> {
         self.handoff.as_ref()
@@ -111,7 +137,7 @@ impl RingState {
         self.departed
     }
     fn is_alone(&self) -> bool {
-        self.succ == self.me
+        self.succs[0] == self.me
     }
 
     /// The range this node answers for, if it knows it: (pred, me], or the whole ring when alone.
@@ -129,7 +155,7 @@ impl RingState {
     /// The routing decision for a key. `addressed`: the sender believed this node owns it.
     pub fn route(&self, key: Id, addressed: bool) -> Route {
         if self.departed {
-            return Route::Forward { to: self.succ.clone(), addressed: true };
+            return Route::Forward { to: self.succs[0].clone(), addressed: true };
         }
         match self.owned() {
             Some(range) if range.contains(key) => return Route::Local,
@@ -138,12 +164,12 @@ impl RingState {
             None if addressed => return Route::Local,
             _ => {}
         }
-        if Interval::new(self.me.id, self.succ.id).contains(key) {
-            return Route::Forward { to: self.succ.clone(), addressed: true };
+        if Interval::new(self.me.id, self.succs[0].id).contains(key) {
+            return Route::Forward { to: self.succs[0].clone(), addressed: true };
         }
         match (&self.pred, addressed) {
             (Some(p), true) => Route::Back { to: p.clone() },
-            _ => Route::Forward { to: self.succ.clone(), addressed: false },
+            _ => Route::Forward { to: self.succs[0].clone(), addressed: false },
         }
     }
 
@@ -155,11 +181,11 @@ impl RingState {
                     return FindStep::Found(self.me.clone());
                 }
             }
-            if Interval::new(self.me.id, self.succ.id).contains(id) {
-                return FindStep::Found(self.succ.clone());
+            if Interval::new(self.me.id, self.succs[0].id).contains(id) {
+                return FindStep::Found(self.succs[0].clone());
             }
         }
-        FindStep::Forward(self.succ.clone())
+        FindStep::Forward(self.succs[0].clone())
     }
 
     /// The peer to ask for its predecessor in a stabilize round, or None when alone. Alone with
@@ -170,30 +196,41 @@ impl RingState {
         }
         if self.is_alone() {
             if let Some(p) = self.pred.clone() {
-                self.succ = p;
+                self.succs = vec![p];
             } else {
                 return None;
             }
         }
-        Some(self.succ.clone())
+        Some(self.succs[0].clone())
     }
 
-    /// Stabilize, after the successor answered with its predecessor `x`: adopt x if it lies
-    /// strictly between us and the successor, then notify whoever is our successor now.
-    pub fn on_successor_pred(&mut self, from: &Peer, x: Option<Peer>) -> Vec<Action> {
-        if self.departed || *from != self.succ {
+    /// Stabilize (Zave's rule), after the successor `from` answered with its predecessor `x`
+    /// and its own successor list: our list becomes `[from] + its list`, trimmed to r (and
+    /// cut where it comes back round to us); if x lies strictly between us and `from`, x
+    /// becomes the head. Then notify whoever is our successor now.
+    pub fn on_successor_reply(&mut self, from: &Peer, x: Option<Peer>, list: Vec<Peer>) -> Vec<Action> {
+        if self.departed || *from != self.succs[0] {
             // The answer is stale: our successor changed while the question was out.
             return Vec::new();
         }
-        if let Some(x) = x {
-            if x.id.strictly_between(self.me.id, self.succ.id) && x != self.me {
-                self.succ = x;
+        let mut succs = vec![from.clone()];
+        for p in list.into_iter().take_while(|p| *p != self.me) {
+            if !succs.contains(&p) {
+                succs.push(p);
             }
         }
+        if let Some(x) = x {
+            if x.id.strictly_between(self.me.id, from.id) && x != self.me {
+                succs.retain(|p| *p != x);
+                succs.insert(0, x);
+            }
+        }
+        succs.truncate(self.r);
+        self.succs = succs;
         if self.is_alone() {
             Vec::new()
         } else {
-            vec![Action::Notify(self.succ.clone())]
+            vec![Action::Notify(self.succs[0].clone())]
         }
     }
 
@@ -223,8 +260,8 @@ impl RingState {
         }
         // The whole ring, not just (pred, me]: a node may hold strays from before a restart.
         let range = Interval::new(self.me.id, self.me.id);
-        self.handoff = Some(Handoff { kind: HandoffKind::Leave, range, to: self.succ.clone() });
-        Some(Action::StartHandoff { range, to: self.succ.clone() })
+        self.handoff = Some(Handoff { kind: HandoffKind::Leave, range, to: self.succs[0].clone() });
+        Some(Action::StartHandoff { range, to: self.succs[0].clone() })
     }
 
     /// The copy is complete: switch ownership. For a join the receiver becomes our
@@ -236,7 +273,7 @@ impl RingState {
             HandoffKind::Join => {
                 let old = self.pred.replace(h.to.clone());
                 if self.is_alone() {
-                    self.succ = h.to;
+                    self.succs = vec![h.to];
                 }
                 old
             }
@@ -271,9 +308,30 @@ impl RingState {
         if self.pred.as_ref() == Some(leaving) {
             self.pred = its_pred.filter(|p| *p != self.me);
         }
-        if self.succ == *leaving {
-            self.succ = its_succ;
+        if let Some(i) = self.succs.iter().position(|p| p == leaving) {
+            self.succs.remove(i);
+            if i == 0 && its_succ != self.me && !self.succs.contains(&its_succ) {
+                self.succs.insert(0, its_succ);
+            }
         }
+        if self.succs.is_empty() {
+            self.succs.push(self.me.clone());
+        }
+    }
+
+    /// A peer did not answer within the timeout: drop it from the successor list (the next
+    /// live entry takes over) and forget it as predecessor (a notify will rectify). Returns
+    /// true if it was known.
+    pub fn on_peer_dead(&mut self, dead: &Peer) -> bool {
+        let known = self.succs.contains(dead) || self.pred.as_ref() == Some(dead);
+        self.succs.retain(|p| p != dead);
+        if self.succs.is_empty() {
+            self.succs.push(self.me.clone());
+        }
+        if self.pred.as_ref() == Some(dead) {
+            self.pred = None;
+        }
+        known
     }
 }
 

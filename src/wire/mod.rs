@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Format version, the first byte of every message. Bump it on any incompatible change.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Most records one handoff batch carries, so a million-key handoff is many small requests.
 pub const BATCH_RECORDS: usize = 1024;
@@ -169,9 +169,10 @@ pub enum Response {
         node: NodeInfo,
         hops: u32,
     },
+    /// Stabilize's answer: the predecessor and the successor list, nearest first.
     Neighbors {
         pred: Option<NodeInfo>,
-        succ: NodeInfo,
+        succs: Vec<NodeInfo>,
     },
     Status(Status),
     /// The request was accepted (or, for Notify and HandoffDone, considered).

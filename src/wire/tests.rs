@@ -45,7 +45,8 @@ fn response() -> impl Strategy<Value = Response> {
             owner
         })),
         (node(), any::<u32>()).prop_map(|(node, hops)| Response::Successor { node, hops }),
-        (proptest::option::of(node()), node()).prop_map(|(pred, succ)| Response::Neighbors { pred, succ }),
+        (proptest::option::of(node()), proptest::collection::vec(node(), 0..5))
+            .prop_map(|(pred, succs)| Response::Neighbors { pred, succs }),
         (node(), proptest::option::of(node()), node(), any::<u64>())
             .prop_map(|(me, pred, succ, keys)| Response::Status(Status { me, pred, succ, keys })),
         Just(Response::Ack),
@@ -107,10 +108,10 @@ fn golden_bytes() {
                 addressed: true,
             })
             .encode(),
-            "0100016b010276210301",
+            "0200016b010276210301",
         ),
-        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0101ffffffffffffffffff0100"),
-        (Request::Notify { from: n.clone() }.encode(), "01030e3132372e302e302e313a383030308202"),
+        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0201ffffffffffffffffff0100"),
+        (Request::Notify { from: n.clone() }.encode(), "02030e3132372e302e302e313a383030308202"),
         (
             Request::Merge {
                 from: n.clone(),
@@ -120,14 +121,17 @@ fn golden_bytes() {
                 ],
             }
             .encode(),
-            "01040e3132372e302e302e313a383030308202020161070102010201620800",
+            "02040e3132372e302e302e313a383030308202020161070102010201620800",
         ),
         (
             Response::Kv(KvReply { outcome: KvOutcome::Value(b"xy".to_vec()), hops: 2, owner: "h:1".into() })
                 .encode(),
-            "0100000278790203683a31",
+            "0200000278790203683a31",
         ),
-        (Response::Neighbors { pred: None, succ: n }.encode(), "0102000e3132372e302e302e313a383030308202"),
+        (
+            Response::Neighbors { pred: None, succs: vec![n] }.encode(),
+            "020200010e3132372e302e302e313a383030308202",
+        ),
     ];
     for (bytes, expect) in cases {
         assert_eq!(hex(&bytes), expect);
