@@ -3,111 +3,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 use sdht::node::client::Client;
 use sdht::ring::{key_id, Id, Interval};
 
 const SLOW_HANDOFF: &[&str] = &["--handoff-batch-keys", "1"];
-
-/// Last acknowledged state of each key: Some(value) after a 204 PUT, None after a 204 DELETE.
-type Acked = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
-
-/// Checks every acknowledged key through every node: the newest value, or 404 if deleted.
-async fn check_all(
-    client: &Client,
-    nodes: &[&str],
-    acked: &BTreeMap<String, Option<Vec<u8>>>,
-    max_hops: u32,
-) {
-    for (key, want) in acked {
-        for n in nodes {
-            let got = client.get(n, key).await.unwrap();
-            match want {
-                Some(v) => {
-                    assert_eq!(got.status, 200, "{key} via {n}: {:?}", got.body);
-                    assert_eq!(&got.body[..], &v[..], "{key} via {n}");
-                }
-                None => assert_eq!(got.status, 404, "deleted {key} via {n}"),
-            }
-            let hops = got.hops.expect("x-sdht-hops header");
-            assert!(hops <= max_hops, "{key} via {n}: {hops} hops");
-            assert!(got.owner.is_some(), "x-sdht-owner header");
-        }
-    }
-}
-
-/// A writer that keeps writing (and now and then deleting) its own keys through random
-/// nodes until stopped; only 204s are recorded as acknowledged.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: tokio::task::JoinHandle<(u64, u64)>,
-}
-
-fn start_writer(name: &'static str, addrs: Vec<String>, acked: Acked, seed: u64) -> Writer {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = tokio::spawn(async move {
-        let client = Client::new();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let (mut ok, mut failed) = (0u64, 0u64);
-        let mut seq = 0u64;
-        while !flag.load(Ordering::Relaxed) {
-            seq += 1;
-            let key = format!("{name}-{}", rng.random_range(0..300));
-            let node = addrs.choose(&mut rng).unwrap();
-            if rng.random_ratio(1, 10) {
-                match client.delete(node, &key).await {
-                    Ok(a) if a.status == 204 || a.status == 404 => {
-                        acked.lock().unwrap().insert(key, None);
-                        ok += 1;
-                    }
-                    _ => failed += 1,
-                }
-            } else {
-                let value = format!("{key}={seq}").into_bytes();
-                match client.put(node, &key, value.clone()).await {
-                    Ok(a) if a.status == 204 => {
-                        acked.lock().unwrap().insert(key, Some(value));
-                        ok += 1;
-                    }
-                    _ => failed += 1,
-                }
-            }
-        }
-        (ok, failed)
-    });
-    Writer { stop, handle }
-}
-
-impl Writer {
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.await.unwrap()
-    }
-}
-
-async fn write_keys(
-    client: &Client,
-    addrs: &[String],
-    n: usize,
-    prefix: &str,
-) -> BTreeMap<String, Option<Vec<u8>>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut acked = BTreeMap::new();
-    for i in 0..n {
-        let key = format!("{prefix}{i}");
-        let value = format!("value {i} of {prefix}").into_bytes();
-        let a = client.put(addrs.choose(&mut rng).unwrap(), &key, value.clone()).await.unwrap();
-        assert_eq!(a.status, 204, "{key}");
-        acked.insert(key, Some(value));
-    }
-    acked
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_nodes_serve_every_key_through_every_node() {

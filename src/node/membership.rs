@@ -34,6 +34,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const PURGE_BATCH: usize = 10_000;
 
 const SUCC_META: &str = "successor";
+/// Timeouts in a row after which a peer that still accepts connections is declared dead.
+const STRIKES: u32 = 2;
 
 /// Finds this node's successor through `bootstrap` and returns the state of a new member.
 pub async fn join(me: &Peer, peers: &Peers, storage: &Storage, bootstrap: &str) -> Result<RingState> {
@@ -98,7 +100,9 @@ pub async fn stabilize_loop(node: Node, halt: CancellationToken) {
 async fn stabilize_once(node: &Node) -> Result<()> {
     node.check_predecessor().await;
     let timeout = node.inner.config.peer_timeout;
-    // Zave: a dead successor is dropped for the next live entry of the list.
+    // Zave: a dead successor is dropped for the next live entry of the list, and not taken
+    // back from a successor that still names it.
+    let mut dead: Vec<Peer> = Vec::new();
     for _ in 0..=node.inner.config.successors {
         let Some(target) = node.ring().stabilize_target() else {
             return Ok(());
@@ -107,13 +111,18 @@ async fn stabilize_once(node: &Node) -> Result<()> {
             Ok(Response::Neighbors { pred, succs }) => (pred, succs),
             Ok(_) => return Err(Error::Unavailable { addr: target.addr, source: PeerError::Unexpected }),
             Err(e) => {
-                node.peer_dead(&target, &e).await;
+                if !node.peer_failed(&target, &e).await {
+                    return Err(Error::Unavailable { addr: target.addr, source: e });
+                }
+                dead.push(target);
                 continue;
             }
         };
+        node.peer_answered(&target);
         // Peers whose id is not their address's hash are ignored, not adopted.
-        let pred = pred.and_then(|p| Node::peer_from(&p).ok());
-        let succs = succs.iter().filter_map(|p| Node::peer_from(p).ok()).collect();
+        let alive = |p: &Peer| !dead.contains(p);
+        let pred = pred.and_then(|p| Node::peer_from(&p).ok()).filter(alive);
+        let succs = succs.iter().filter_map(|p| Node::peer_from(p).ok()).filter(alive).collect();
         let actions = node.ring().on_successor_reply(&target, pred, succs);
         let succ = node.ring().succ().clone();
         if succ != target {
@@ -138,6 +147,29 @@ async fn stabilize_once(node: &Node) -> Result<()> {
 
 impl Node {
     /// A peer did not answer: drop it from the successor list and as predecessor.
+    /// A call to `peer` failed. A refused connection means the process is gone: dead at
+    /// once. A timeout may be a busy peer: dead after `STRIKES` in a row (the next success
+    /// clears them), so one slow answer does not reshape the ring. Returns true if dead.
+    pub(super) async fn peer_failed(&self, peer: &Peer, error: &PeerError) -> bool {
+        let refused = matches!(error, PeerError::Connect(e) if e.is_connect());
+        let strikes = {
+            let mut s = self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner());
+            let n = s.entry(peer.addr.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if refused || strikes >= STRIKES {
+            self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer.addr);
+            self.peer_dead(peer, error).await;
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn peer_answered(&self, peer: &Peer) {
+        self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer.addr);
+    }
+
     pub(super) async fn peer_dead(&self, peer: &Peer, error: &PeerError) {
         if self.ring().on_peer_dead(peer) {
             tracing::warn!(node = %self.inner.me.addr, peer = %peer.addr, %error, "peer dead");
@@ -149,8 +181,11 @@ impl Node {
     async fn check_predecessor(&self) {
         let Some(pred) = self.ring().pred().cloned() else { return };
         let timeout = self.inner.config.peer_timeout;
-        if let Err(e) = self.inner.peers.call(&pred.addr, &Request::Neighbors, timeout).await {
-            self.peer_dead(&pred, &e).await;
+        match self.inner.peers.call(&pred.addr, &Request::Neighbors, timeout).await {
+            Ok(_) => self.peer_answered(&pred),
+            Err(e) => {
+                self.peer_failed(&pred, &e).await;
+            }
         }
     }
 

@@ -140,6 +140,8 @@ struct Inner {
     gate: tokio::sync::RwLock<()>,
     /// Set when a write-through to a handoff's receiver failed: the handoff must not switch.
     write_through_failed: AtomicBool,
+    /// Consecutive timeouts per peer address (see `peer_failed`).
+    strikes: Mutex<std::collections::HashMap<String, u32>>,
     /// A re-replication push is running.
     rereplicating: AtomicBool,
     /// (range start, replica ids) the last complete re-replication was for.
@@ -183,6 +185,7 @@ impl Node {
                 gate: tokio::sync::RwLock::new(()),
                 write_through_failed: AtomicBool::new(false),
                 rereplicating: AtomicBool::new(false),
+                strikes: Mutex::new(std::collections::HashMap::new()),
                 replicated_for: Mutex::new(Vec::new()),
                 storage,
                 peers,
