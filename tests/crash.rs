@@ -142,6 +142,53 @@ async fn a_crashed_node_restarted_with_its_data_gets_what_changed() {
     drop(victim);
 }
 
+/// Reads random acknowledged keys until stopped; counts answers other than 200 or 404
+/// (requests sent to a node that was just killed count too).
+struct Reader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: tokio::task::JoinHandle<u64>,
+}
+
+fn start_reader(addrs: Vec<String>, acked: Acked, seed: u64) -> Reader {
+    use rand::seq::IndexedRandom;
+    use rand::SeedableRng;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let client = Client::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut errors = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = {
+                let a = acked.lock().unwrap();
+                if a.is_empty() {
+                    None
+                } else {
+                    a.keys().nth(rand::Rng::random_range(&mut rng, 0..a.len())).cloned()
+                }
+            };
+            let Some(key) = key else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let node = addrs.choose(&mut rng).unwrap();
+            match client.get(node, &key).await {
+                Ok(a) if a.status == 200 || a.status == 404 => {}
+                _ => errors += 1,
+            }
+        }
+        errors
+    });
+    Reader { stop, handle }
+}
+
+impl Reader {
+    async fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.await.unwrap()
+    }
+}
+
 /// Churn for a while (SDHT_SOAK_SECS, default 120): random joins, graceful leaves and crashes
 /// every few seconds under continuous writes; nothing acknowledged may be lost.
 /// Run with `cargo test -- --ignored soak`.
@@ -155,17 +202,15 @@ async fn soak() {
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let end = Instant::now() + Duration::from_secs(secs);
-    let (mut ok, mut errors, mut events) = (0u64, 0u64, Vec::new());
+    let (mut ok, mut errors, mut read_errors, mut events) = (0u64, 0u64, 0u64, Vec::new());
     let mut graveyard = Vec::new();
     let mut round = 0u64;
     while Instant::now() < end {
         round += 1;
-        // Write for a few seconds through the current members.
+        // Writes and reads keep going through the current members while the event happens.
         let writer = start_writer("soak", live(&nodes), acked.clone(), round);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
-        let (o, e) = writer.finish().await;
-        ok += o;
-        errors += e;
+        let reader = start_reader(live(&nodes), acked.clone(), round);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3000))).await;
         let action = rng.random_range(0..3);
         let i = rng.random_range(0..nodes.len());
         match action {
@@ -187,6 +232,11 @@ async fn soak() {
             _ => {}
         }
         wait_for_ring(&nodes).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (o, e) = writer.finish().await;
+        ok += o;
+        errors += e;
+        read_errors += reader.finish().await;
     }
     // Let re-replication settle, then read every acknowledged key through every member.
     let acked = acked.lock().unwrap().clone();
@@ -205,7 +255,7 @@ async fn soak() {
         }
     }
     println!(
-        "soak {secs}s, {} events ({} joins, {} leaves, {} crashes): acknowledged {ok}, lost {lost}, errors {errors}",
+        "soak {secs}s, {} events ({} joins, {} leaves, {} crashes), read errors {read_errors}: acknowledged {ok}, lost {lost}, errors {errors}",
         events.len(),
         events.iter().filter(|e| **e == "join").count(),
         events.iter().filter(|e| **e == "leave").count(),
