@@ -8,8 +8,8 @@
 //! Must not touch: routing rules or membership logic (they live in `ring`, as pure steps this
 //! module performs), the byte format of messages (`wire`), the record layout (`lmdb`).
 //!
-//! Left out on purpose: failure detection, successor lists and replication (a crashed node's
-//! keys are unavailable until it returns), authentication of peers, TLS.
+//! Left out on purpose: TLS (tags authenticate calls, they do not hide them), quorum reads
+//! (the owner answers alone), and garbage collection of copies beyond a range's R replicas.
 
 pub mod auth;
 pub mod client;

@@ -9,8 +9,9 @@
 //! Must not touch: sockets, tasks, time, storage. `src/node` performs the `Action`s.
 //!
 //! Left out on purpose: finger tables and any cache of other owners (routing only ever uses the
-//! successor pointer, plus one step back to the predecessor while a handoff is settling, see
-//! [`RingState::route`]); failure detection and successor lists, which belong to crash recovery.
+//! head of the successor list, plus one step back to the predecessor while a handoff is
+//! settling, see [`RingState::route`]); deciding that a peer is dead (the node reports it,
+//! after its timeouts, through [`RingState::on_peer_dead`]).
 
 mod id;
 mod state;
