@@ -118,7 +118,7 @@ pub async fn ring_ids(client: &Client, addr: &str) -> Option<Vec<Id>> {
 }
 
 /// True if every node's `/ring` walk lists exactly `nodes`, clockwise in id order from itself,
-/// and every predecessor is set.
+/// and every node's predecessor is the previous one (not unknown, not a node that died).
 pub async fn ring_is_whole(client: &Client, nodes: &[&NodeProc]) -> bool {
     let mut ids: Vec<Id> = nodes.iter().map(|n| n.id).collect();
     ids.sort();
@@ -135,7 +135,8 @@ pub async fn ring_is_whole(client: &Client, nodes: &[&NodeProc]) -> bool {
             let Ok(status) = client.json(&n.addr, "/status").await else {
                 return false;
             };
-            if status["predecessor"].is_null() {
+            let prev = nodes.iter().find(|m| m.id == ids[(start + ids.len() - 1) % ids.len()]).unwrap();
+            if status["predecessor"] != prev.addr.as_str() {
                 return false;
             }
         }
