@@ -190,7 +190,7 @@ async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
     }
     let result = match path.as_str() {
         p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node.status(), node.progress()))),
+        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node))),
         "/metrics" => only(&req, Method::GET).map(|()| metrics(&node)),
         "/" => only(&req, Method::GET).map(|()| page()),
         "/ring" => match only(&req, Method::GET) {
@@ -320,9 +320,12 @@ async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
     Ok(r)
 }
 
-fn status_json(s: &Status, progress: Option<super::Progress>) -> serde_json::Value {
+fn status_json(node: &Node) -> serde_json::Value {
+    let s: Status = node.status();
+    let successors: Vec<String> = node.ring().successors().iter().map(|p| p.addr.clone()).collect();
     serde_json::json!({
-        "handoff": progress,
+        "handoff": node.progress(),
+        "successors": successors,
         "addr": s.me.addr,
         "id": crate::ring::Id(s.me.id).to_string(),
         "successor": s.succ.addr,

@@ -144,10 +144,32 @@ pub async fn ring_is_whole(client: &Client, nodes: &[&NodeProc]) -> bool {
     true
 }
 
+/// Waits until the ring is whole and every successor list holds the next min(4, n-1) nodes
+/// (the default list length), so writes go to their final replicas.
 pub async fn wait_for_ring(nodes: &[NodeProc]) {
     let client = Client::new();
     let refs: Vec<&NodeProc> = nodes.iter().collect();
-    eventually("the ring to settle", || ring_is_whole(&client, &refs)).await;
+    eventually("the ring to settle", || async {
+        ring_is_whole(&client, &refs).await && lists_settled(&client, nodes).await
+    })
+    .await;
+}
+
+async fn lists_settled(client: &Client, nodes: &[NodeProc]) -> bool {
+    let mut order: Vec<&NodeProc> = nodes.iter().collect();
+    order.sort_by_key(|n| n.id);
+    let n = order.len();
+    for (i, node) in order.iter().enumerate() {
+        let want: Vec<&str> =
+            (1..=4.min(n.saturating_sub(1))).map(|k| order[(i + k) % n].addr.as_str()).collect();
+        let Ok(status) = client.json(&node.addr, "/status").await else { return false };
+        let got: Vec<&str> =
+            status["successors"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        if got != want && !(n == 1 && got == [node.addr.as_str()]) {
+            return false;
+        }
+    }
+    true
 }
 
 pub async fn keys_on(client: &Client, addr: &str) -> u64 {
