@@ -105,6 +105,7 @@ async fn metrics_are_prometheus_text() {
     let keys0 = value("sdht_stored_keys");
     assert!(value("sdht_stored_bytes") >= keys0 * 7.0);
     assert!(value("sdht_stabilize_rounds_total") > 0.0);
+    // Two nodes: the list holds the one other node.
     assert_eq!(value("sdht_successor_list_length"), 1.0);
     for name in [
         "sdht_http_request_duration_seconds_bucket",

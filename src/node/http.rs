@@ -160,7 +160,7 @@ fn metrics(node: &Node) -> Resp {
     m.keys.set(node.inner.storage.live_keys() as i64);
     m.bytes.set(node.inner.storage.live_bytes() as i64);
     let ring = node.ring();
-    m.successors.set(i64::from(ring.succ() != ring.me()));
+    m.successors.set(ring.successors().iter().filter(|p| *p != ring.me()).count() as i64);
     drop(ring);
     let mut r = hyper::Response::new(Full::new(Bytes::from(m.encode())));
     r.headers_mut().insert(
