@@ -142,11 +142,12 @@ async fn a_crashed_node_restarted_with_its_data_gets_what_changed() {
     drop(victim);
 }
 
-/// Reads random acknowledged keys until stopped; counts answers other than 200 or 404
-/// (requests sent to a node that was just killed count too).
+/// Reads random acknowledged keys until stopped; counts reads that found no node (sent to
+/// one that had just left or been killed: the member list is refreshed once a round) and
+/// answers other than 200 or 404.
 struct Reader {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: tokio::task::JoinHandle<u64>,
+    handle: tokio::task::JoinHandle<(u64, u64)>,
 }
 
 fn start_reader(addrs: Vec<String>, acked: Acked, seed: u64) -> Reader {
@@ -157,7 +158,7 @@ fn start_reader(addrs: Vec<String>, acked: Acked, seed: u64) -> Reader {
     let handle = tokio::spawn(async move {
         let client = Client::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut errors = 0;
+        let (mut unreachable, mut bad) = (0, 0);
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
             let key = {
                 let a = acked.lock().unwrap();
@@ -174,16 +175,20 @@ fn start_reader(addrs: Vec<String>, acked: Acked, seed: u64) -> Reader {
             let node = addrs.choose(&mut rng).unwrap();
             match client.get(node, &key).await {
                 Ok(a) if a.status == 200 || a.status == 404 => {}
-                _ => errors += 1,
+                Ok(a) => {
+                    bad += 1;
+                    eprintln!("read {key} via {node}: {} {:?}", a.status, a.body);
+                }
+                Err(_) => unreachable += 1,
             }
         }
-        errors
+        (unreachable, bad)
     });
     Reader { stop, handle }
 }
 
 impl Reader {
-    async fn finish(self) -> u64 {
+    async fn finish(self) -> (u64, u64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.await.unwrap()
     }
@@ -202,7 +207,8 @@ async fn soak() {
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let end = Instant::now() + Duration::from_secs(secs);
-    let (mut ok, mut errors, mut read_errors, mut events) = (0u64, 0u64, 0u64, Vec::new());
+    let (mut ok, mut errors, mut events) = (0u64, 0u64, Vec::new());
+    let (mut unreachable_reads, mut bad_reads) = (0u64, 0u64);
     let mut graveyard = Vec::new();
     let mut round = 0u64;
     while Instant::now() < end {
@@ -236,7 +242,9 @@ async fn soak() {
         let (o, e) = writer.finish().await;
         ok += o;
         errors += e;
-        read_errors += reader.finish().await;
+        let (u, b) = reader.finish().await;
+        unreachable_reads += u;
+        bad_reads += b;
     }
     // Let re-replication settle, then read every acknowledged key through every member.
     let acked = acked.lock().unwrap().clone();
@@ -255,7 +263,8 @@ async fn soak() {
         }
     }
     println!(
-        "soak {secs}s, {} events ({} joins, {} leaves, {} crashes), read errors {read_errors}: acknowledged {ok}, lost {lost}, errors {errors}",
+        "soak {secs}s, {} events ({} joins, {} leaves, {} crashes); reads to a gone node {unreachable_reads}, \
+         reads answered with an error {bad_reads}: acknowledged {ok}, lost {lost}, errors {errors}",
         events.len(),
         events.iter().filter(|e| **e == "join").count(),
         events.iter().filter(|e| **e == "leave").count(),

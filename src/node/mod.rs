@@ -238,7 +238,8 @@ impl Node {
             owner: String::new(),
         };
         // A next hop that refuses connections is dead: drop it and route again (to the next
-        // live successor, or to ourselves once a dead predecessor is forgotten).
+        // live successor, or to ourselves once a dead predecessor is forgotten). A retried
+        // write may be applied twice; it carries the same value, so the result is the same.
         let mut last_error = None;
         for _ in 0..=self.inner.config.successors + 1 {
             let gate = self.inner.gate.read().await;
@@ -263,9 +264,15 @@ impl Node {
             match self.inner.peers.call(&to.addr, &fwd, KV_TIMEOUT).await {
                 Ok(Response::Kv(reply)) => return reply,
                 Ok(_) => return failed(Error::Unavailable { addr: to.addr, source: PeerError::Unexpected }),
-                Err(PeerError::Connect(e)) if e.is_connect() => {
+                // No answer came back on the connection: refused (the peer is gone: drop it),
+                // or a pooled connection that died under the request; try again, on a new
+                // connection or along the repaired route.
+                Err(PeerError::Connect(e)) => {
+                    let refused = e.is_connect();
                     let e = PeerError::Connect(e);
-                    self.peer_dead(&to, &e).await;
+                    if refused {
+                        self.peer_dead(&to, &e).await;
+                    }
                     last_error = Some(Error::Unavailable { addr: to.addr, source: e });
                 }
                 Err(source) => return failed(Error::Unavailable { addr: to.addr, source }),
