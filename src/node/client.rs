@@ -126,13 +126,18 @@ impl Client {
 
 /// The `/ring` answer as a table: one node a line, clockwise.
 pub fn format_ring(ring: &serde_json::Value) -> String {
-    let mut out = format!("{:<24} {:<16} {:>10}\n", "ADDRESS", "ID", "KEYS");
+    let row = |a: &str, id: &str, keys: &str, pred: &str, succ: &str| {
+        format!("{a:<22} {id:<16} {keys:>8}  {pred:<22} {succ}\n")
+    };
+    let mut out = row("ADDRESS", "ID", "KEYS", "PREDECESSOR", "SUCCESSOR");
     for n in ring["nodes"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<24} {:<16} {:>10}\n",
-            n["addr"].as_str().unwrap_or("?"),
-            n["id"].as_str().unwrap_or("?"),
-            n["keys"].as_u64().unwrap_or(0)
+        let text = |field: &str| n[field].as_str().unwrap_or("-").to_string();
+        out.push_str(&row(
+            &text("addr"),
+            &text("id"),
+            &n["keys"].as_u64().unwrap_or(0).to_string(),
+            &text("predecessor"),
+            &text("successor"),
         ));
     }
     if ring["complete"] == serde_json::Value::Bool(false) {
