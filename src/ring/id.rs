@@ -57,6 +57,14 @@ impl fmt::Debug for Id {
 
 /// The clockwise half-open interval (after, upto]: what a node owns is
 /// (predecessor, itself]. With after == upto it is the whole ring (a ring of one owns all).
+///
+/// ```
+/// use sdht::ring::{Id, Interval};
+/// // An interval that wraps past the top of the id space.
+/// let owned = Interval::new(Id(u64::MAX - 1), Id(2));
+/// assert!(owned.contains(Id(u64::MAX)) && owned.contains(Id(0)) && owned.contains(Id(2)));
+/// assert!(!owned.contains(Id(u64::MAX - 1)) && !owned.contains(Id(3)));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Interval {
     pub after: Id,
@@ -76,6 +84,14 @@ impl Interval {
 
 /// The owner of `key` among `ids` (sorted ascending, no duplicates): the first id clockwise
 /// at or after the key. The global view, used to check what the distributed protocol computes.
+///
+/// ```
+/// use sdht::ring::{owner_of, Id};
+/// let ids = [Id(10), Id(20), Id(30)];
+/// assert_eq!(owner_of(&ids, Id(15)), Some(Id(20)));
+/// assert_eq!(owner_of(&ids, Id(20)), Some(Id(20)));
+/// assert_eq!(owner_of(&ids, Id(31)), Some(Id(10)), "past the last node: wraps to the first");
+/// ```
 pub fn owner_of(ids: &[Id], key: Id) -> Option<Id> {
     let i = ids.partition_point(|id| *id < key);
     ids.get(i).or_else(|| ids.first()).copied()
