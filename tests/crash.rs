@@ -253,7 +253,7 @@ async fn soak() {
         for n in &nodes {
             let got = client.get(&n.addr, k).await.unwrap();
             let same = match want {
-                Some(v) => got.status == 200 && &got.body[..] == &v[..],
+                Some(v) => got.status == 200 && got.body[..] == v[..],
                 None => got.status == 404,
             };
             if !same {

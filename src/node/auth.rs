@@ -145,7 +145,7 @@ impl ClusterKey {
             return Err(AuthError::Stale);
         }
         let given: [u8; 32] = given.try_into().map_err(|_| AuthError::BadTag)?;
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if t <= seen.floor {
             return Err(AuthError::Stale);
         }

@@ -10,7 +10,7 @@ use super::error::{Error, PeerError, Result};
 use super::peer::Peers;
 use super::storage::{now_micros, Storage};
 use super::Progress;
-use super::{Node, BATCH_TIMEOUT, KV_TIMEOUT};
+use super::{locked, Node, BATCH_TIMEOUT, KV_TIMEOUT};
 use crate::lmdb::Write;
 use crate::ring::{Action, HandoffKind, Id, Interval, Peer, RingState};
 use crate::wire::{self, Request, Response};
@@ -152,22 +152,24 @@ impl Node {
     /// clears them), so one slow answer does not reshape the ring. Returns true if dead.
     pub(super) async fn peer_failed(&self, peer: &Peer, error: &PeerError) -> bool {
         let refused = matches!(error, PeerError::Connect(e) if e.is_connect());
-        let strikes = {
-            let mut s = self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner());
-            let n = s.entry(peer.addr.clone()).or_insert(0);
+        let dead = {
+            let mut strikes = locked(&self.inner.strikes);
+            let n = strikes.entry(peer.addr.clone()).or_insert(0);
             *n += 1;
-            *n
+            let dead = refused || *n >= STRIKES;
+            if dead {
+                strikes.remove(&peer.addr);
+            }
+            dead
         };
-        if refused || strikes >= STRIKES {
-            self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer.addr);
+        if dead {
             self.peer_dead(peer, error).await;
-            return true;
         }
-        false
+        dead
     }
 
     pub(super) fn peer_answered(&self, peer: &Peer) {
-        self.inner.strikes.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer.addr);
+        locked(&self.inner.strikes).remove(&peer.addr);
     }
 
     pub(super) async fn peer_dead(&self, peer: &Peer, error: &PeerError) {
@@ -203,7 +205,7 @@ impl Node {
             (ring.owned(), ring.replica_peers(wanted))
         };
         let sig: Vec<u64> = range.iter().map(|r| r.after.0).chain(targets.iter().map(|p| p.id.0)).collect();
-        let done = self.inner.replicated_for.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let done = locked(&self.inner.replicated_for).clone();
         let Some(range) = range.filter(|_| !targets.is_empty() && done != sig) else {
             self.inner.rereplicating.store(false, Ordering::SeqCst);
             return;
@@ -220,7 +222,7 @@ impl Node {
             }
             node.set_progress(None);
             if ok {
-                *node.inner.replicated_for.lock().unwrap_or_else(|e| e.into_inner()) = sig;
+                *locked(&node.inner.replicated_for) = sig;
             }
             node.inner.rereplicating.store(false, Ordering::SeqCst);
         });
@@ -347,7 +349,7 @@ impl Node {
     }
 
     fn set_progress(&self, p: Option<Progress>) {
-        *self.inner.progress.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        *locked(&self.inner.progress) = p;
     }
 
     /// Sends every record of `range` to `to` in batches; returns (records, bytes) sent. Logs

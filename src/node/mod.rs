@@ -23,7 +23,7 @@ mod storage;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -125,6 +125,12 @@ pub struct Progress {
     pub percent: f64,
 }
 
+/// Locks one of the node's small mutexes. They guard plain data changed in single steps, so
+/// a panic in another holder (a bug) leaves it usable: poisoning is ignored, not propagated.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A node that has joined its ring (or started a new one). Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -161,6 +167,9 @@ struct Inner {
 impl Node {
     /// Opens the store and joins the ring through `config.bootstrap` (or starts a new ring).
     pub async fn start(config: Config) -> Result<Node> {
+        if config.replicas == 0 || config.replicas > config.successors {
+            return Err(Error::BadReplicas { replicas: config.replicas, successors: config.successors });
+        }
         let storage = Storage::open(&config.data_dir)?;
         let me = Peer::new(config.advertise.clone());
         let key = config.cluster_key.clone().map(auth::ClusterKey::new).transpose()?.map(Arc::new);
@@ -169,9 +178,6 @@ impl Node {
         }
         let metrics = metrics::Metrics::new();
         let peers = Peers::new(config.max_message(), key.clone(), metrics.peer_failures.clone());
-        if config.replicas == 0 || config.replicas > config.successors {
-            return Err(Error::BadReplicas { replicas: config.replicas, successors: config.successors });
-        }
         let ring = match &config.bootstrap {
             None => RingState::alone(me.clone()),
             Some(b) => membership::join(&me, &peers, &storage, b).await?,
@@ -206,9 +212,7 @@ impl Node {
     }
 
     fn ring(&self) -> MutexGuard<'_, RingState> {
-        // A panic while holding the lock would be a bug in a pure ring step; the state is
-        // plain data and stays usable.
-        self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner.ring)
     }
 
     fn info(p: &Peer) -> NodeInfo {
@@ -216,7 +220,7 @@ impl Node {
     }
 
     fn progress(&self) -> Option<Progress> {
-        self.inner.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        locked(&self.inner.progress).clone()
     }
 
     fn status(&self) -> wire::Status {
