@@ -257,9 +257,21 @@ impl Node {
             return Ok(());
         };
         if kind == HandoffKind::Join {
-            if let Err(e) = self.check_joiner(&to).await {
-                self.ring().abort_handoff();
-                return Err(e);
+            match self.check_joiner(&to).await {
+                Err(e) => {
+                    self.ring().abort_handoff();
+                    return Err(e);
+                }
+                // Our predecessor died and its own predecessor, a member with a range of its
+                // own, rectifies us: it holds its keys already, and the dead node's range is
+                // ours now. Nothing to copy.
+                Ok(true) if range.after == self.inner.me.id => {
+                    let _gate = self.inner.gate.write().await;
+                    self.ring().finish_handoff();
+                    tracing::info!(node = %self.inner.me.addr, pred = %to.addr, "predecessor changed (rectified after a crash)");
+                    return Ok(());
+                }
+                Ok(_) => {}
             }
         }
         self.inner.write_through_failed.store(false, Ordering::SeqCst);
@@ -326,11 +338,13 @@ impl Node {
 
     /// A node that notified us must be alive and name us as its successor; otherwise a
     /// notify from a stale or made-up address could take over a range with no keys in it.
-    async fn check_joiner(&self, to: &Peer) -> Result<()> {
+    /// Returns true if it is an established member (it knows its own predecessor), false for
+    /// a newcomer.
+    async fn check_joiner(&self, to: &Peer) -> Result<bool> {
         let unavailable = |source| Error::Unavailable { addr: to.addr.clone(), source };
         let timeout = self.inner.config.peer_timeout;
         match self.inner.peers.call(&to.addr, &Request::Status, timeout).await {
-            Ok(Response::Status(s)) if s.succ.addr == self.inner.me.addr => Ok(()),
+            Ok(Response::Status(s)) if s.succ.addr == self.inner.me.addr => Ok(s.pred.is_some()),
             Ok(_) => Err(unavailable(PeerError::Unexpected)),
             Err(e) => Err(unavailable(e)),
         }
