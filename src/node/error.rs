@@ -46,6 +46,13 @@ pub enum PeerError {
     TooLarge,
 }
 
+impl PeerError {
+    /// The peer's address refused the connection: its process is gone (not merely slow).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, PeerError::Connect(e) if e.is_connect())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed: 400; fix it, do not retry as is.

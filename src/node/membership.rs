@@ -146,12 +146,11 @@ async fn stabilize_once(node: &Node) -> Result<()> {
 }
 
 impl Node {
-    /// A peer did not answer: drop it from the successor list and as predecessor.
     /// A call to `peer` failed. A refused connection means the process is gone: dead at
     /// once. A timeout may be a busy peer: dead after `STRIKES` in a row (the next success
     /// clears them), so one slow answer does not reshape the ring. Returns true if dead.
     pub(super) async fn peer_failed(&self, peer: &Peer, error: &PeerError) -> bool {
-        let refused = matches!(error, PeerError::Connect(e) if e.is_connect());
+        let refused = error.is_refused();
         let dead = {
             let mut strikes = locked(&self.inner.strikes);
             let n = strikes.entry(peer.addr.clone()).or_insert(0);
@@ -172,6 +171,7 @@ impl Node {
         locked(&self.inner.strikes).remove(&peer.addr);
     }
 
+    /// `peer` is dead: drop it from the successor list and as predecessor.
     pub(super) async fn peer_dead(&self, peer: &Peer, error: &PeerError) {
         if self.ring().on_peer_dead(peer) {
             tracing::warn!(node = %self.inner.me.addr, peer = %peer.addr, %error, "peer dead");

@@ -125,6 +125,13 @@ pub struct Progress {
     pub percent: f64,
 }
 
+/// A failure as the client sees it: the HTTP status and the one-line reason.
+impl From<Error> for KvOutcome {
+    fn from(e: Error) -> KvOutcome {
+        KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() }
+    }
+}
+
 /// Locks one of the node's small mutexes. They guard plain data changed in single steps, so
 /// a panic in another holder (a bug) leaves it usable: poisoning is ignored, not propagated.
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,11 +243,7 @@ impl Node {
     /// A client's get/put/delete, here or forwarded one node on.
     pub async fn kv(&self, req: KvRequest) -> KvReply {
         let id = key_id(req.key.as_bytes());
-        let failed = |e: Error| KvReply {
-            outcome: KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
-            hops: req.hops,
-            owner: String::new(),
-        };
+        let failed = |e: Error| KvReply { outcome: e.into(), hops: req.hops, owner: String::new() };
         // A next hop that refuses connections is dead: drop it and route again (to the next
         // live successor, or to ourselves once a dead predecessor is forgotten). A retried
         // write may be applied twice; it carries the same value, so the result is the same.
@@ -250,10 +253,7 @@ impl Node {
             let route = self.ring().route(id, req.addressed);
             let (to, addressed) = match route {
                 Route::Local => {
-                    let outcome = match self.local_kv(id.0, &req, gate).await {
-                        Ok(outcome) => outcome,
-                        Err(e) => KvOutcome::Failed { status: e.status().as_u16(), reason: e.to_string() },
-                    };
+                    let outcome = self.local_kv(id.0, &req, gate).await.unwrap_or_else(KvOutcome::from);
                     return KvReply { outcome, hops: req.hops, owner: self.inner.me.addr.clone() };
                 }
                 Route::Forward { to, addressed } => (to, addressed),
@@ -271,10 +271,8 @@ impl Node {
                 // No answer came back on the connection: refused (the peer is gone: drop it),
                 // or a pooled connection that died under the request; try again, on a new
                 // connection or along the repaired route.
-                Err(PeerError::Connect(e)) => {
-                    let refused = e.is_connect();
-                    let e = PeerError::Connect(e);
-                    if refused {
+                Err(e @ PeerError::Connect(_)) => {
+                    if e.is_refused() {
                         self.peer_dead(&to, &e).await;
                     }
                     last_error = Some(Error::Unavailable { addr: to.addr, source: e });
@@ -344,8 +342,8 @@ impl Node {
         while let Some(joined) = calls.join_next().await {
             match joined {
                 Ok((_, Ok(()))) => acks += 1,
-                Ok((t, Err(Error::Unavailable { source: PeerError::Connect(e), .. }))) if e.is_connect() => {
-                    self.peer_dead(&t, &PeerError::Connect(e)).await
+                Ok((t, Err(Error::Unavailable { source, .. }))) if source.is_refused() => {
+                    self.peer_dead(&t, &source).await
                 }
                 Ok((t, Err(e))) => tracing::debug!(replica = %t.addr, error = %e, "replica write failed"),
                 Err(_) => {}
