@@ -79,11 +79,17 @@ impl Storage {
         self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), records, bytes)).await
     }
 
-    /// Queues one write and waits until it is durable.
-    pub async fn write(&self, w: Write) -> Result<Applied> {
+    /// Puts one write in the writer's queue (waiting while it is full); the receiver yields
+    /// its outcome once the commit that carries it is durable.
+    async fn enqueue(&self, w: Write) -> Result<oneshot::Receiver<Result<Applied>>> {
         let (tx, rx) = oneshot::channel();
         self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
-        rx.await.map_err(|_| Error::StoreGone)?
+        Ok(rx)
+    }
+
+    /// Queues one write and waits until it is durable.
+    pub async fn write(&self, w: Write) -> Result<Applied> {
+        self.enqueue(w).await?.await.map_err(|_| Error::StoreGone)?
     }
 
     /// Queues several writes and waits until all are durable (they may share commits with
@@ -91,9 +97,7 @@ impl Storage {
     pub async fn write_all(&self, ws: Vec<Write>) -> Result<Vec<Applied>> {
         let mut waits = Vec::with_capacity(ws.len());
         for w in ws {
-            let (tx, rx) = oneshot::channel();
-            self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
-            waits.push(rx);
+            waits.push(self.enqueue(w).await?);
         }
         let mut out = Vec::with_capacity(waits.len());
         for rx in waits {
