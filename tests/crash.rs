@@ -18,10 +18,6 @@ use sdht::ring::{key_id, Id, Interval};
 const PERIOD_MS: u64 = 200;
 const PERIOD: &str = "200";
 
-fn live(nodes: &[NodeProc]) -> Vec<String> {
-    nodes.iter().map(|n| n.addr.clone()).collect()
-}
-
 /// Kills the nodes at `idx` (SIGKILL) and returns them (their data dirs stay until dropped),
 /// with the time of the kill.
 async fn kill(nodes: &mut Vec<NodeProc>, mut idx: Vec<usize>) -> (Vec<NodeProc>, Instant) {

@@ -15,7 +15,7 @@ const SLOW_HANDOFF: &[&str] = &["--handoff-batch-keys", "1"];
 async fn four_nodes_serve_every_key_through_every_node() {
     let nodes = ring(4).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked = write_keys(&client, &addrs, 1000, "k").await;
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 3).await;
@@ -55,7 +55,7 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
     // writes land while it runs.
     let mut nodes = ring_with(4, SLOW_HANDOFF).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 1000, "pre").await));
     let writer = start_writer("w", addrs.clone(), acked.clone(), 1);
     let fifth = spawn_with(Some(&addrs[1]), SLOW_HANDOFF).await;
@@ -65,7 +65,7 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
     assert!(ok > 0);
     assert_eq!(failed, 0, "no write may fail while a node joins");
     let acked = acked.lock().unwrap().clone();
-    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let all: Vec<String> = live(&nodes);
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 4).await;
     // The newcomer took exactly its range from its successor and, as the next replica of
@@ -82,7 +82,7 @@ async fn a_fifth_node_joins_under_load_and_takes_exactly_its_range() {
 async fn a_graceful_leave_under_load_loses_nothing() {
     let mut nodes = ring_with(5, SLOW_HANDOFF).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked: Acked = Arc::new(Mutex::new(write_keys(&client, &addrs, 1000, "pre").await));
     // The writer never asks the leaving node directly once it is gone; requests that reach
     // it while it leaves are forwarded.
@@ -102,7 +102,7 @@ async fn a_graceful_leave_under_load_loses_nothing() {
 async fn leaving_down_to_one_puts_every_key_on_it() {
     let mut nodes = ring(4).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked = write_keys(&client, &addrs, 300, "k").await;
     while nodes.len() > 1 {
         let mut n = nodes.remove(0);
@@ -129,7 +129,7 @@ async fn nodes_joining_at_once_through_one_bootstrap_converge() {
     nodes.insert(0, first);
     wait_for_ring(&nodes).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked = write_keys(&client, &addrs, 200, "c").await;
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     check_all(&client, &refs, &acked, 4).await;
@@ -168,7 +168,7 @@ async fn a_restarted_single_node_serves_its_keys_again() {
 async fn a_killed_member_restarted_at_its_address_serves_its_keys_again() {
     let mut nodes = ring(3).await;
     let client = Client::new();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addrs: Vec<String> = live(&nodes);
     let acked = write_keys(&client, &addrs, 300, "k").await;
     let victim = nodes.remove(2);
     let (addr, data) = (victim.addr.clone(), victim.data.clone());

@@ -37,6 +37,11 @@ impl Drop for NodeProc {
     }
 }
 
+/// The addresses of `nodes`, in order.
+pub fn live(nodes: &[NodeProc]) -> Vec<String> {
+    nodes.iter().map(|n| n.addr.clone()).collect()
+}
+
 /// Starts `sdht serve` and waits for its "listening" line. `listen` may be "127.0.0.1:0".
 pub async fn spawn_at(listen: &str, data: &Path, bootstrap: Option<&str>, extra: &[&str]) -> NodeProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdht"));
