@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
