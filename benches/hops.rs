@@ -18,7 +18,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
-use sdht::node::client::Client;
+use sdht::client::Client;
 
 /// Criterion measurement in hops: the value of a batch of lookups is the sum of their
 /// `x-sdht-hops` headers, so criterion's estimates are hops per lookup.

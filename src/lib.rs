@@ -3,11 +3,15 @@
 //! nodes join and leave.
 //!
 //! Layers, with dependencies flowing one way (`node` -> `ring`, `lmdb`, `wire`):
-//! - [`ring`]: ids, intervals, the routing decision and membership steps; pure.
+//! - [`ring`]: ids, intervals, the routing view and the membership state machine; pure.
 //! - [`lmdb`]: the on-disk store; blocking, knows nothing of the network.
 //! - [`wire`]: node-to-node messages and their byte format.
-//! - [`node`]: the running node: HTTP server and client, background tasks, shutdown.
+//! - [`node`]: the running node: HTTP server and client, the membership executor, shutdown.
+//!
+//! Outside the node: [`client`] (the public API as a client sees it) and [`demo`].
 
+pub mod client;
+pub mod demo;
 pub mod lmdb;
 pub mod node;
 pub mod ring;

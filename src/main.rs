@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
-use sdht::node::client::{format_ring, Client};
+use sdht::client::{format_ring, Client};
 use sdht::node::{self, Config, Node};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -158,7 +158,7 @@ fn on_signal(token: CancellationToken) {
     });
 }
 
-async fn kv_result(answer: sdht::node::client::KvAnswer, key: &str) -> anyhow::Result<ExitCode> {
+async fn kv_result(answer: sdht::client::KvAnswer, key: &str) -> anyhow::Result<ExitCode> {
     match answer.status {
         StatusCode::OK => {
             std::io::stdout().write_all(&answer.body)?;
@@ -258,7 +258,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             std::io::stdout().flush()?;
             let shutdown = CancellationToken::new();
             on_signal(shutdown.clone());
-            node::serve(listener, node, shutdown).await?;
+            node::serve(listener, node, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Put { node, key, value } => {
@@ -312,7 +312,7 @@ async fn run() -> anyhow::Result<ExitCode> {
         Command::Demo { data, base_port, nodes } => {
             let shutdown = CancellationToken::new();
             on_signal(shutdown.clone());
-            node::demo::run(data, "127.0.0.1", base_port, nodes, shutdown).await?;
+            sdht::demo::run(data, "127.0.0.1", base_port, nodes, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -65,16 +65,17 @@ impl Record {
     }
 }
 
-/// A write, applied with others in one transaction by [`Store::apply`].
+/// A write, applied with others in one transaction by [`Store::apply`]. Every write that
+/// stores something keeps the newer of its version and the stored one (last writer wins), so
+/// copies and late requests can arrive in any order and still leave the newest value.
 #[derive(Clone, Debug)]
 pub enum Write {
-    /// A client's write at the key's owner. It always wins: its version is `clock`, raised
-    /// above the stored version if needed.
-    Put { id: u64, key: Vec<u8>, value: Vec<u8>, clock: u64 },
-    /// A client's delete at the owner: a tombstone, versioned like `Put`; nothing (Unchanged)
-    /// when there is no live value.
-    Delete { id: u64, key: Vec<u8>, clock: u64 },
-    /// A copy from another node (handoff or write-through): kept only if newer.
+    /// A client's write at the key's owner, versioned where it entered the ring.
+    Put { id: u64, key: Vec<u8>, value: Vec<u8>, version: u64 },
+    /// A client's delete at the owner: a tombstone; nothing (Unchanged) when there is no live
+    /// value.
+    Delete { id: u64, key: Vec<u8>, version: u64 },
+    /// A copy from another node (handoff, replica, write-through).
     Merge(Record),
     /// Drop a record handed to another node, unless it changed since (version is newer).
     Remove { id: u64, key: Vec<u8>, version: u64 },
@@ -83,9 +84,11 @@ pub enum Write {
 /// What a `Write` did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Applied {
-    /// Put, Delete or Merge stored this version. `existed`: a live value was there before.
+    /// This version is stored now. `existed`: a live value was there before.
     Stored { version: u64, existed: bool },
-    /// Merge or Remove changed nothing (the stored record is newer, or there is none).
+    /// A newer version is stored; the write is ordered before it and changed nothing.
+    Superseded { current: u64 },
+    /// Delete or Remove changed nothing (there is no live value / the record is newer).
     Unchanged,
 }
 
@@ -223,6 +226,24 @@ impl Store {
         Ok(())
     }
 
+    /// Stores `rec` unless `old` is at least as new.
+    fn keep_newer(
+        &self,
+        txn: &mut RwTxn,
+        rkey: &[u8],
+        old: Option<Record>,
+        rec: &Record,
+        account: &mut impl FnMut(Option<&Record>, &[u8], Option<&[u8]>),
+    ) -> Result<Applied> {
+        if let Some(o) = old.as_ref().filter(|o| !rec.newer_than(o.version, o.value.as_deref())) {
+            return Ok(Applied::Superseded { current: o.version });
+        }
+        let existed = old.as_ref().is_some_and(|r| r.value.is_some());
+        self.store(txn, rkey, rec.version, rec.value.as_deref())?;
+        account(old.as_ref(), &rec.key, rec.value.as_deref());
+        Ok(Applied::Stored { version: rec.version, existed })
+    }
+
     /// Applies all writes in one transaction and one durable commit. Either all take effect
     /// or (on error) none.
     pub fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
@@ -237,34 +258,26 @@ impl Store {
         };
         for w in writes {
             let applied = match w {
-                Write::Put { id, key, clock, .. } | Write::Delete { id, key, clock } => {
+                Write::Delete { id, key, version } => {
                     let rkey = record_key(*id, key);
                     let old = self.current(&txn, &rkey)?;
-                    let existed = old.as_ref().is_some_and(|r| r.value.is_some());
-                    if !existed && matches!(w, Write::Delete { .. }) {
-                        out.push(Applied::Unchanged);
-                        continue;
+                    if !old.as_ref().is_some_and(|r| r.value.is_some()) {
+                        Applied::Unchanged
+                    } else {
+                        let rec = Record { id: *id, key: key.clone(), version: *version, value: None };
+                        self.keep_newer(&mut txn, &rkey, old, &rec, &mut account)?
                     }
-                    let version = (*clock).max(old.as_ref().map_or(0, |r| r.version + 1));
-                    let value = match w {
-                        Write::Put { value, .. } => Some(value.as_slice()),
-                        _ => None,
-                    };
-                    self.store(&mut txn, &rkey, version, value)?;
-                    account(old.as_ref(), key, value);
-                    Applied::Stored { version, existed }
+                }
+                Write::Put { id, key, value, version } => {
+                    let rkey = record_key(*id, key);
+                    let old = self.current(&txn, &rkey)?;
+                    let rec = Record { id: *id, key: key.clone(), version: *version, value: Some(value.clone()) };
+                    self.keep_newer(&mut txn, &rkey, old, &rec, &mut account)?
                 }
                 Write::Merge(rec) => {
                     let rkey = record_key(rec.id, &rec.key);
                     let old = self.current(&txn, &rkey)?;
-                    if old.as_ref().is_some_and(|o| !rec.newer_than(o.version, o.value.as_deref())) {
-                        Applied::Unchanged
-                    } else {
-                        let existed = old.as_ref().is_some_and(|r| r.value.is_some());
-                        self.store(&mut txn, &rkey, rec.version, rec.value.as_deref())?;
-                        account(old.as_ref(), &rec.key, rec.value.as_deref());
-                        Applied::Stored { version: rec.version, existed }
-                    }
+                    self.keep_newer(&mut txn, &rkey, old, rec, &mut account)?
                 }
                 Write::Remove { id, key, version } => {
                     let rkey = record_key(*id, key);

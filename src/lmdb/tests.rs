@@ -1,8 +1,8 @@
 use super::*;
 use proptest::prelude::*;
 
-fn put(id: u64, key: &str, value: &str, clock: u64) -> Write {
-    Write::Put { id, key: key.into(), value: value.into(), clock }
+fn put(id: u64, key: &str, value: &str, version: u64) -> Write {
+    Write::Put { id, key: key.into(), value: value.into(), version }
 }
 
 fn value_of(s: &Store, id: u64, key: &str) -> Option<Vec<u8>> {
@@ -17,11 +17,17 @@ fn put_get_delete() {
     s.apply(&[put(1, "a", "one", 10)]).unwrap();
     assert_eq!(value_of(&s, 1, "a").as_deref(), Some(&b"one"[..]));
     assert_eq!(s.live_keys(), 1);
-    let r = s.apply(&[Write::Delete { id: 1, key: "a".into(), clock: 5 }]).unwrap();
-    // The clock ran behind the stored version: the delete still wins, with a higher version.
+    let r = s.apply(&[Write::Delete { id: 1, key: "a".into(), version: 5 }]).unwrap();
+    // A late delete, older than the stored value: last writer wins, nothing changes.
+    assert_eq!(r, vec![Applied::Superseded { current: 10 }]);
+    assert_eq!(value_of(&s, 1, "a").as_deref(), Some(&b"one"[..]));
+    assert_eq!(s.apply(&[put(1, "a", "late", 9)]).unwrap(), vec![Applied::Superseded { current: 10 }]);
+    let r = s.apply(&[Write::Delete { id: 1, key: "a".into(), version: 11 }]).unwrap();
     assert_eq!(r, vec![Applied::Stored { version: 11, existed: true }]);
     assert_eq!(value_of(&s, 1, "a"), None);
     assert_eq!(s.get(1, b"a").unwrap().unwrap().version, 11, "tombstone kept");
+    let r = s.apply(&[Write::Delete { id: 1, key: "a".into(), version: 12 }]).unwrap();
+    assert_eq!(r, vec![Applied::Unchanged], "nothing live to delete");
     assert_eq!(s.live_keys(), 0);
 }
 
@@ -31,12 +37,16 @@ fn merge_keeps_the_newest_version() {
     let s = Store::open(dir.path()).unwrap();
     s.apply(&[put(1, "k", "new", 100)]).unwrap();
     let old = Record { id: 1, key: b"k".to_vec(), version: 50, value: Some(b"old".to_vec()) };
-    assert_eq!(s.apply(&[Write::Merge(old)]).unwrap(), vec![Applied::Unchanged]);
+    assert_eq!(s.apply(&[Write::Merge(old)]).unwrap(), vec![Applied::Superseded { current: 100 }]);
     let tomb = Record { id: 1, key: b"k".to_vec(), version: 150, value: None };
     s.apply(&[Write::Merge(tomb)]).unwrap();
     assert_eq!(value_of(&s, 1, "k"), None);
     let stale = Record { id: 1, key: b"k".to_vec(), version: 120, value: Some(b"x".to_vec()) };
-    assert_eq!(s.apply(&[Write::Merge(stale)]).unwrap(), vec![Applied::Unchanged], "no resurrection");
+    assert_eq!(
+        s.apply(&[Write::Merge(stale)]).unwrap(),
+        vec![Applied::Superseded { current: 150 }],
+        "no resurrection"
+    );
 }
 
 #[test]
@@ -100,7 +110,7 @@ fn reopen_keeps_data_and_count() {
     {
         let s = Store::open(dir.path()).unwrap();
         s.apply(&[put(1, "a", "x", 1), put(2, "b", "y", 1)]).unwrap();
-        s.apply(&[Write::Delete { id: 2, key: b"b".to_vec(), clock: 2 }]).unwrap();
+        s.apply(&[Write::Delete { id: 2, key: b"b".to_vec(), version: 2 }]).unwrap();
         s.meta_put("succ", b"127.0.0.1:1").unwrap();
     }
     let s = Store::open(dir.path()).unwrap();
@@ -116,12 +126,12 @@ fn purge_drops_only_old_tombstones() {
     let s = Store::open(dir.path()).unwrap();
     s.apply(&[put(1, "a", "x", 1), put(2, "b", "y", 1), put(3, "c", "z", 1)]).unwrap();
     s.apply(&[
-        Write::Delete { id: 1, key: b"a".to_vec(), clock: 10 },
-        Write::Delete { id: 2, key: b"b".to_vec(), clock: 30 },
+        Write::Delete { id: 1, key: b"a".to_vec(), version: 10 },
+        Write::Delete { id: 2, key: b"b".to_vec(), version: 30 },
     ])
     .unwrap();
     // "c" was deleted and then written again: its stale tomb entry must not remove the value.
-    s.apply(&[Write::Delete { id: 3, key: b"c".to_vec(), clock: 11 }]).unwrap();
+    s.apply(&[Write::Delete { id: 3, key: b"c".to_vec(), version: 11 }]).unwrap();
     s.apply(&[put(3, "c", "again", 12)]).unwrap();
     assert_eq!(s.purge_tombstones(20, 100).unwrap(), 1);
     assert_eq!(s.get(1, b"a").unwrap(), None);

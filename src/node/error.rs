@@ -1,8 +1,9 @@
-//! The node's errors, and the one place where they become HTTP statuses.
+//! The node's errors: what can go wrong serving a request ([`Error`]), calling a peer
+//! ([`PeerError`]) and starting ([`StartError`]). None of them knows HTTP: `http.rs` is the
+//! one place that turns them into statuses.
 
-use hyper::StatusCode;
-
-use crate::{lmdb, wire};
+use crate::wire::{self, Fault};
+use crate::lmdb;
 
 /// What is wrong with a client's request. Each says what to fix.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub enum BadInput {
     BatchTooLarge,
 }
 
-/// Why a peer call failed.
+/// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("no connection: {0}")]
@@ -36,14 +37,18 @@ pub enum PeerError {
     BadAddress,
     #[error("no answer in time")]
     Timeout,
-    #[error("answered HTTP {0}")]
-    Status(StatusCode),
+    /// Refused at the HTTP level: bad credentials (401) or a message it could not decode.
+    #[error("refused the call (HTTP {0})")]
+    Refused(u16),
     #[error("answer does not decode: {0}")]
     Decode(#[from] wire::Error),
     #[error("answered with the wrong message")]
     Unexpected,
     #[error("the answer is larger than any message may be")]
     TooLarge,
+    /// The peer took the call and reports a failure.
+    #[error("{0}")]
+    Fault(Fault),
 }
 
 impl PeerError {
@@ -51,114 +56,97 @@ impl PeerError {
     pub fn is_refused(&self) -> bool {
         matches!(self, PeerError::Connect(e) if e.is_connect())
     }
+
+    /// What the membership protocol learns from this failure about the peer.
+    pub fn failure(&self) -> crate::ring::Failure {
+        use crate::ring::Failure;
+        match self {
+            e if e.is_refused() => Failure::Gone,
+            PeerError::Refused(_) | PeerError::Fault(_) | PeerError::Decode(_) | PeerError::Unexpected => {
+                Failure::Rejected
+            }
+            _ => Failure::Silent,
+        }
+    }
 }
 
+/// Why a request failed at this node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The request is malformed: 400; fix it, do not retry as is.
+    /// The request is malformed: fix it, do not retry as is.
     #[error("{0}")]
     InvalidInput(#[from] BadInput),
-    /// The value exceeds `--max-value-bytes`: 413.
+    /// The value exceeds `--max-value-bytes`.
     #[error("value is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
-    /// 404.
     #[error("not found")]
     NotFound,
-    /// A route exists but not for this method: 405.
+    /// A route exists but not for this method; carries the methods it allows.
     #[error("method not allowed")]
-    MethodNotAllowed,
-    /// The client sent the body too slowly: 408.
+    MethodNotAllowed(&'static str),
+    /// The client sent the body too slowly.
     #[error("timed out reading the request body")]
     BodyTimeout,
-    /// The request was forwarded `hop_limit` times without reaching its owner: the ring is
-    /// inconsistent for the moment (508); retry shortly.
-    #[error("hop limit of {0} reached before the key's owner; the ring is settling, retry shortly")]
-    HopLimit(u32),
-    /// A peer on the way did not answer: 503, retry later.
-    #[error("peer {addr} unavailable: {source}")]
-    Unavailable {
-        addr: String,
-        #[source]
-        source: PeerError,
-    },
-    /// This node is not a ring member (still joining, or refusing the call): 503, retry.
-    #[error("this node is not serving the ring right now")]
-    NotServing,
-    /// No valid credentials (cluster tag or bearer token): 401, and nothing changed.
+    /// No valid credentials (cluster tag or bearer token); nothing changed.
     #[error("{0}")]
     Unauthorized(#[from] super::auth::AuthError),
-    /// The configured cluster key is unusable: fix the key file.
-    #[error(transparent)]
-    ClusterKey(#[from] super::auth::KeyTooShort),
-    /// A node-to-node message did not decode: 400.
+    /// A node-to-node message did not decode.
     #[error("bad message: {0}")]
     Wire(#[from] wire::Error),
-    /// A message names a node whose id is not the hash of its address: 400.
+    /// A message names a node whose id is not the hash of its address.
     #[error("node {0} claims an id that is not the hash of its address")]
     ForgedId(String),
-    /// Local storage failed: 500.
+    /// The request failed in the ring (here or further on).
+    #[error(transparent)]
+    Fault(#[from] Fault),
+    /// Local storage failed.
     #[error(transparent)]
     Store(#[from] lmdb::Error),
-    /// A group commit failed; none of its writes took effect: 500.
+    /// A group commit failed; none of its writes took effect.
     #[error("storage commit failed: {0}")]
     CommitFailed(std::sync::Arc<lmdb::Error>),
-    /// A blocking storage task or the writer thread went away: 500.
+    /// A blocking storage task or the writer thread went away.
     #[error("storage task failed")]
     StoreGone,
-    /// A node's task panicked or was cancelled: 500; a bug.
-    #[error("a node task ended abnormally")]
-    TaskFailed,
-    /// Socket-level failure at startup: fix the address or permissions.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    /// The bootstrap node did not answer in time: start it first, or check the address.
-    #[error("could not join the ring through {bootstrap}: {source}")]
-    Join {
-        bootstrap: String,
-        #[source]
-        source: PeerError,
-    },
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Fault {
+        match e {
+            Error::Fault(f) => f,
+            Error::TooLarge { limit } => Fault::TooLarge { limit: limit as u64 },
+            Error::InvalidInput(_) | Error::Wire(_) | Error::ForgedId(_) => Fault::BadInput(e.to_string()),
+            Error::Store(_) | Error::CommitFailed(_) | Error::StoreGone => Fault::Storage(e.to_string()),
+            other => Fault::BadInput(other.to_string()),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
     /// `--replicas` must be between 1 and `--successors`.
     #[error("--replicas {replicas} must be between 1 and --successors ({successors})")]
     BadReplicas { replicas: usize, successors: usize },
-    /// A write is durable on its owner but no successor acknowledged its replica: 503, and
-    /// the write is not acknowledged; retry.
-    #[error("no replica acknowledged the write in time; it is not acknowledged, retry")]
-    NotReplicated,
     /// `--bootstrap` names this node itself.
     #[error("--bootstrap names this node itself; omit it to start a new ring")]
     BootstrapIsSelf,
-    /// The ring still links this address and no saved successor says where it sat: wait
-    /// until the ring has let go of it, or start with its old data directory.
+    /// No seed answered before the join deadline.
+    #[error("could not join the ring through {0}: no seed answered in time")]
+    Join(String),
+    /// A seed refused our credentials.
+    #[error("could not join the ring through {0}: it refused this node's calls (HTTP 401: is the cluster key the same on every node?)")]
+    JoinRefused(String),
+    /// The ring still links this address and no saved successor says where it sat.
     #[error("the ring still lists {0} as a member and no saved successor is in the data directory")]
     StillMember(String),
-}
-
-impl Error {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidInput(_) | Error::Wire(_) | Error::ForgedId(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::NotFound => StatusCode::NOT_FOUND,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Error::HopLimit(_) => StatusCode::LOOP_DETECTED,
-            Error::Unavailable { .. } | Error::NotServing | Error::Join { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Error::BootstrapIsSelf | Error::StillMember(_) | Error::BadReplicas { .. } => {
-                StatusCode::CONFLICT
-            }
-            Error::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
-            Error::ClusterKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Store(_)
-            | Error::CommitFailed(_)
-            | Error::StoreGone
-            | Error::TaskFailed
-            | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
+    /// The configured cluster key is unusable.
+    #[error(transparent)]
+    ClusterKey(#[from] super::auth::KeyTooShort),
+    #[error(transparent)]
+    Store(#[from] lmdb::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,5 +1,8 @@
 //! The HTTP server: accept loop with a connection cap and graceful drain, the public API
-//! (`/kv`, `/status`, `/ring`, `/leave`) and the internal RPC endpoint.
+//! (`/kv`, `/status`, `/ring`, `/leave`, `/metrics`, `/`) and the internal RPC endpoint.
+//!
+//! Owns: HTTP. This is the one place where errors and protocol faults become status codes.
+//! Must not touch: routing, storage, membership (it calls the node's request path and RPC).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -21,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, AuthError, Signature, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::{BadInput, Error, Result};
+use super::keys::parse_key;
 use super::peer::{RPC_PATH, WIRE_TYPE};
-use super::{Node, MAX_KEY_BYTES};
-use crate::wire::{KvOp, KvOutcome, KvRequest, Message, Request, Response, Status};
+use super::Node;
+use crate::wire::{Fault, KvOp, KvOutcome, Message, Request, Status};
 
 /// Connections served at once. Each costs a task and buffers; past this the listener's
 /// backlog holds newcomers, so a flood of clients cannot exhaust memory or file descriptors.
@@ -101,11 +105,42 @@ fn json(value: serde_json::Value) -> Resp {
     r
 }
 
-fn error_response(e: &Error) -> Resp {
-    let mut r = text(e.status(), e.to_string());
+/// The status of a failure in the ring.
+fn fault_status(f: &Fault) -> StatusCode {
+    match f {
+        Fault::HopLimit(_) => StatusCode::LOOP_DETECTED,
+        Fault::Unavailable { .. }
+        | Fault::NotServing
+        | Fault::CutOff
+        | Fault::NoQuorum { .. }
+        | Fault::HandoffFailed(_)
+        | Fault::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Fault::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Fault::BadInput(_) | Fault::VersionAhead(_) => StatusCode::BAD_REQUEST,
+        Fault::DeadlinePassed => StatusCode::GATEWAY_TIMEOUT,
+        Fault::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The status of a failure at this node.
+fn status_of(e: &Error) -> StatusCode {
     match e {
-        Error::MethodNotAllowed => {
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+        Error::InvalidInput(_) | Error::Wire(_) | Error::ForgedId(_) => StatusCode::BAD_REQUEST,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::NotFound => StatusCode::NOT_FOUND,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        Error::Fault(f) => fault_status(f),
+        Error::Store(_) | Error::CommitFailed(_) | Error::StoreGone => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: &Error) -> Resp {
+    let mut r = text(status_of(e), e.to_string());
+    match e {
+        Error::MethodNotAllowed(allow) => {
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         Error::Unauthorized(AuthError::BadToken) => {
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -159,9 +194,8 @@ fn metrics(node: &Node) -> Resp {
     let m = &node.inner.metrics;
     m.keys.set(node.inner.storage.live_keys() as i64);
     m.bytes.set(node.inner.storage.live_bytes() as i64);
-    let ring = node.ring();
-    m.successors.set(ring.successors().iter().filter(|p| *p != ring.me()).count() as i64);
-    drop(ring);
+    let view = node.view();
+    m.successors.set(view.succs.iter().filter(|p| **p != view.me).count() as i64);
     let mut r = hyper::Response::new(Full::new(Bytes::from(m.encode())));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -190,18 +224,18 @@ async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
     }
     let result = match path.as_str() {
         p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node))),
-        "/metrics" => only(&req, Method::GET).map(|()| metrics(&node)),
-        "/" => only(&req, Method::GET).map(|()| page()),
-        "/ring" => match only(&req, Method::GET) {
+        "/status" => only(&req, Method::GET, "GET").map(|()| json(status_json(&node))),
+        "/metrics" => only(&req, Method::GET, "GET").map(|()| metrics(&node)),
+        "/" => only(&req, Method::GET, "GET").map(|()| page()),
+        "/ring" => match only(&req, Method::GET, "GET") {
             Ok(()) => Ok(ring_walk(&node).await),
             Err(e) => Err(e),
         },
-        "/leave" => only(&req, Method::POST).map(|()| {
+        "/leave" => only(&req, Method::POST, "POST").map(|()| {
             node.inner.leave.cancel();
             text(StatusCode::ACCEPTED, "leaving")
         }),
-        RPC_PATH => match only(&req, Method::POST) {
+        RPC_PATH => match only(&req, Method::POST, "POST") {
             Ok(()) => internal(&node, req).await,
             Err(e) => Err(e),
         },
@@ -210,46 +244,12 @@ async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-fn only(req: &hyper::Request<Incoming>, method: Method) -> Result<()> {
+fn only(req: &hyper::Request<Incoming>, method: Method, allow: &'static str) -> Result<()> {
     if *req.method() == method {
         Ok(())
     } else {
-        Err(Error::MethodNotAllowed)
+        Err(Error::MethodNotAllowed(allow))
     }
-}
-
-/// Checks a key's length (after decoding).
-pub fn check_key(key: &[u8]) -> std::result::Result<(), BadInput> {
-    if key.is_empty() {
-        Err(BadInput::EmptyKey)
-    } else if key.len() > MAX_KEY_BYTES {
-        Err(BadInput::KeyTooLong)
-    } else {
-        Ok(())
-    }
-}
-
-/// Percent-decodes one path segment into a key.
-pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
-    if segment.contains('/') {
-        return Err(BadInput::KeyHasSlash);
-    }
-    let raw = segment.as_bytes();
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3).ok_or(BadInput::BadPercentEncoding)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| BadInput::BadPercentEncoding)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| BadInput::BadPercentEncoding)?);
-            i += 3;
-        } else {
-            out.push(raw[i]);
-            i += 1;
-        }
-    }
-    check_key(&out)?;
-    String::from_utf8(out).map_err(|_| BadInput::KeyNotUtf8)
 }
 
 /// Reads a body of at most `limit` bytes: refused from Content-Length before reading when
@@ -275,24 +275,29 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
         Method::GET => KvOp::Get,
         Method::DELETE => KvOp::Delete,
         Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
-        _ => return Err(Error::MethodNotAllowed),
+        _ => return Err(Error::MethodNotAllowed("GET, PUT, DELETE")),
     };
-    let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
+    let reply = node.client_kv(key, op).await;
     node.inner.metrics.hops.observe(f64::from(reply.hops));
     let mut resp = match reply.outcome {
-        KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
+        KvOutcome::Value(v) => {
+            let mut r = hyper::Response::new(Full::new(Bytes::from(v)));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r
+        }
         KvOutcome::Done => {
             let mut r = hyper::Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }
         KvOutcome::NotFound => text(StatusCode::NOT_FOUND, "not found"),
-        KvOutcome::Failed { status, reason } => {
-            text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), reason)
-        }
+        KvOutcome::Failed(fault) => text(fault_status(&fault), fault.to_string()),
     };
     let headers = resp.headers_mut();
     headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
+    if reply.version != 0 {
+        headers.insert("x-sdht-version", HeaderValue::from(reply.version));
+    }
     if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
         if !reply.owner.is_empty() {
             headers.insert("x-sdht-owner", owner);
@@ -314,7 +319,7 @@ async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
         key.verify("POST", RPC_PATH, sig, &body)?;
     }
     let request = Request::decode(&body)?;
-    let response: Response = node.rpc(request).await?;
+    let response = node.rpc(request).await;
     let mut r = hyper::Response::new(Full::new(Bytes::from(response.encode())));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(WIRE_TYPE));
     Ok(r)
@@ -322,7 +327,8 @@ async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
 
 fn status_json(node: &Node) -> serde_json::Value {
     let s: Status = node.status();
-    let successors: Vec<String> = node.ring().successors().iter().map(|p| p.addr.clone()).collect();
+    let view = node.view();
+    let successors: Vec<String> = view.succs.iter().map(|p| p.addr.clone()).collect();
     serde_json::json!({
         "handoff": node.progress(),
         "successors": successors,
@@ -331,6 +337,8 @@ fn status_json(node: &Node) -> serde_json::Value {
         "successor": s.succ.addr,
         "predecessor": s.pred.as_ref().map(|p| p.addr.clone()),
         "keys": s.keys,
+        "cut_off": view.cut_off,
+        "epoch": view.epoch,
     })
 }
 
@@ -346,12 +354,12 @@ async fn ring_walk(node: &Node) -> Resp {
             complete = false;
             break;
         }
-        match node.inner.peers.call(&next, &Request::Status, node.inner.config.peer_timeout).await {
-            Ok(Response::Status(s)) => {
+        match node.inner.peers.status(&next, node.inner.config.peer_timeout).await {
+            Ok(s) => {
                 next = s.succ.addr.clone();
                 nodes.push(s);
             }
-            _ => {
+            Err(_) => {
                 complete = false;
                 break;
             }
@@ -370,38 +378,4 @@ async fn ring_walk(node: &Node) -> Resp {
         })
         .collect();
     json(serde_json::json!({ "nodes": list, "complete": complete }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_one_decoded_segment() {
-        assert_eq!(parse_key("hello").unwrap(), "hello");
-        assert_eq!(parse_key("a%2Fb%20c").unwrap(), "a/b c");
-        assert_eq!(parse_key("%C3%A9").unwrap(), "é");
-        assert_eq!(parse_key(""), Err(BadInput::EmptyKey));
-        assert_eq!(parse_key("a/b"), Err(BadInput::KeyHasSlash));
-        assert_eq!(parse_key("%zz"), Err(BadInput::BadPercentEncoding));
-        assert_eq!(parse_key("%4"), Err(BadInput::BadPercentEncoding));
-        assert_eq!(parse_key("%FF"), Err(BadInput::KeyNotUtf8));
-        assert_eq!(parse_key(&"k".repeat(256)).map(|k| k.len()), Ok(256));
-        assert_eq!(parse_key(&"k".repeat(257)), Err(BadInput::KeyTooLong));
-        assert_eq!(parse_key(&"%41".repeat(257)), Err(BadInput::KeyTooLong));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn parse_key_never_panics(s in ".{0,300}") {
-            let _ = parse_key(&s);
-        }
-
-        #[test]
-        fn encoded_keys_decode_to_themselves(key in "[^\u{0}]{1,60}") {
-            let encoded: String = key.bytes().map(|b| format!("%{b:02X}")).collect();
-            proptest::prop_assume!(key.len() <= MAX_KEY_BYTES);
-            proptest::prop_assert_eq!(parse_key(&encoded).unwrap(), key);
-        }
-    }
 }

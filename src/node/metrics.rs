@@ -41,6 +41,9 @@ pub struct Metrics {
     pub stabilize_rounds: Counter,
     pub peer_failures: Counter,
     pub successors: Gauge,
+    pub peers_lost: Counter,
+    pub versions_refused: Counter,
+    pub late_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -96,7 +99,24 @@ impl Metrics {
             "Entries in this node's successor list",
             successors.clone(),
         );
+        let peers_lost = Counter::default();
+        registry.register("peers_lost", "Peers declared unreachable and dropped from the ring", peers_lost.clone());
+        let versions_refused = Counter::default();
+        registry.register(
+            "versions_refused",
+            "Records refused because their version was too far ahead of this node's clock",
+            versions_refused.clone(),
+        );
+        let late_requests = Counter::default();
+        registry.register(
+            "late_requests",
+            "Forwarded requests dropped because their deadline had passed",
+            late_requests.clone(),
+        );
         Metrics {
+            peers_lost,
+            versions_refused,
+            late_requests,
             registry,
             requests,
             latency,

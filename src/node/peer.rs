@@ -1,6 +1,10 @@
 //! Calls to other nodes: one pooled HTTP/1.1 keep-alive client shared by all tasks, so a
 //! forwarded request reuses an open connection to the successor instead of paying a TCP
 //! handshake per hop. Every call has a timeout and a cap on the answer's size.
+//!
+//! One typed function per message kind: callers get the answer they asked for or a
+//! `PeerError`, never a `Response` to match by hand. Must not touch: what the answers mean
+//! (the membership state machine and the request path decide that).
 
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::PeerError;
-use crate::wire::{Message, Request, Response};
+use crate::wire::{KvReply, KvRequest, Message, NodeInfo, Record, Request, Response, Status};
 
 /// How long an idle pooled connection to a peer stays open: below the server's 10 s header
 /// timeout, so the client drops an idle connection before the server closes it under a
@@ -47,8 +51,9 @@ impl Peers {
         Peers { client, max_message, key, failures }
     }
 
-    /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer.
-    pub async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
+    /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer; a
+    /// `Response::Fault` becomes `PeerError::Fault`.
+    async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
         let result = tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
             .await
             .map_err(|_| PeerError::Timeout)
@@ -56,7 +61,55 @@ impl Peers {
         if result.is_err() {
             self.failures.inc();
         }
-        result
+        match result? {
+            Response::Fault(f) => Err(PeerError::Fault(f)),
+            r => Ok(r),
+        }
+    }
+
+    /// A client request, forwarded one node on.
+    pub async fn kv(&self, addr: &str, req: KvRequest, timeout: Duration) -> Result<KvReply, PeerError> {
+        match self.call(addr, &Request::Kv(req), timeout).await? {
+            Response::Kv(reply) => Ok(reply),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// Chord's find_successor(id), answered by the node that knows the owner.
+    pub async fn find_successor(&self, addr: &str, id: u64, hops: u32, timeout: Duration) -> Result<NodeInfo, PeerError> {
+        match self.call(addr, &Request::FindSuccessor { id, hops }, timeout).await? {
+            Response::Successor { node, .. } => Ok(node),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// The peer's predecessor and successor list.
+    pub async fn neighbors(&self, addr: &str, timeout: Duration) -> Result<(Option<NodeInfo>, Vec<NodeInfo>), PeerError> {
+        match self.call(addr, &Request::Neighbors, timeout).await? {
+            Response::Neighbors { pred, succs } => Ok((pred, succs)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// The peer's status, for ring walks.
+    pub async fn status(&self, addr: &str, timeout: Duration) -> Result<Status, PeerError> {
+        match self.call(addr, &Request::Status, timeout).await? {
+            Response::Status(s) => Ok(s),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// A message answered with a plain acknowledgement (notify, merge, handoff done, leaving).
+    pub async fn tell(&self, addr: &str, req: &Request, timeout: Duration) -> Result<(), PeerError> {
+        match self.call(addr, req, timeout).await? {
+            Response::Ack => Ok(()),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// Records for the peer to keep where newer.
+    pub async fn merge(&self, addr: &str, from: NodeInfo, records: Vec<Record>, timeout: Duration) -> Result<(), PeerError> {
+        self.tell(addr, &Request::Merge { from, records }, timeout).await
     }
 
     async fn call_inner(&self, addr: &str, body: Vec<u8>) -> Result<Response, PeerError> {
@@ -69,7 +122,7 @@ impl Peers {
         let http_req = builder.body(Full::new(Bytes::from(body))).map_err(|_| PeerError::BadAddress)?;
         let resp = self.client.request(http_req).await?;
         if resp.status() != hyper::StatusCode::OK {
-            return Err(PeerError::Status(resp.status()));
+            return Err(PeerError::Refused(resp.status().as_u16()));
         }
         let too_long = resp
             .headers()

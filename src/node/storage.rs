@@ -6,11 +6,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use super::error::{Error, Result};
+use super::error::{Error, Result, StartError};
 use crate::lmdb::{Applied, Record, Scan, Store, Write};
 
 /// Writes waiting for the writer thread. When full, writers wait (backpressure) instead of
@@ -27,15 +28,18 @@ pub struct Storage {
     writes: mpsc::Sender<Pending>,
 }
 
-/// Microseconds since the Unix epoch: the clock that versions client writes.
-pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
+/// A tombstone outlives every handoff that could carry an older copy of its key; handoffs
+/// take seconds, so ten minutes is ample.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// How often old tombstones are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Most tombstones purged in one commit, so a purge never holds the writer for long.
+const PURGE_BATCH: usize = 10_000;
 
 impl Storage {
     /// Opens the store and starts the writer thread, which ends when the last `Storage` clone
     /// is dropped.
-    pub fn open(dir: &Path) -> Result<Storage> {
+    pub fn open(dir: &Path) -> std::result::Result<Storage, StartError> {
         let store = Arc::new(Store::open(dir)?);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer_store = store.clone();
@@ -141,5 +145,23 @@ fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>) {
             }
         }
         writes.clear();
+    }
+}
+
+/// Purges tombstones older than `TOMBSTONE_TTL` every `PURGE_EVERY` until `halt`.
+pub async fn purge_loop(storage: Storage, halt: CancellationToken) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = super::clock::wall_micros().saturating_sub(TOMBSTONE_TTL.as_micros() as u64);
+        match storage.blocking(move |s| s.purge_tombstones(before, PURGE_BATCH)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "old tombstones purged"),
+            Err(e) => tracing::warn!(error = %e, "tombstone purge failed"),
+        }
     }
 }

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Format version, the first byte of every message. Bump it on any incompatible change.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Most records one handoff batch carries, so a million-key handoff is many small requests.
 pub const BATCH_RECORDS: usize = 1024;
@@ -95,6 +95,41 @@ pub struct KvRequest {
     pub hops: u32,
     /// The sender's successor pointer says the receiver owns the key.
     pub addressed: bool,
+    /// A write's version, stamped once by the node the client asked (a hybrid logical clock
+    /// in microseconds); 0 for a read.
+    pub version: u64,
+    /// Unix time in milliseconds after which no node forwards or applies the request.
+    pub deadline_ms: u64,
+}
+
+/// Why a request or a call failed, as one node tells another. Only the HTTP layer turns these
+/// into status codes.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum Fault {
+    #[error("hop limit of {0} reached before the key's owner; the ring is settling, retry shortly")]
+    HopLimit(u32),
+    #[error("peer {addr} unavailable: {reason}")]
+    Unavailable { addr: String, reason: String },
+    #[error("this node is not serving the ring right now")]
+    NotServing,
+    #[error("this node is cut off from the ring and cannot make a quorum; the write is refused, retry")]
+    CutOff,
+    #[error("only {acked} of the {needed} copies a write needs are durable; it is not acknowledged, retry")]
+    NoQuorum { acked: u32, needed: u32 },
+    #[error("a range handoff to {0} failed under the write; it is not acknowledged, retry")]
+    HandoffFailed(String),
+    #[error("value is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("version {0} is too far ahead of this node's clock")]
+    VersionAhead(u64),
+    #[error("the request's deadline passed before it reached its owner; it was not applied")]
+    DeadlinePassed,
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("busy; retry later")]
+    Busy,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -102,11 +137,8 @@ pub enum KvOutcome {
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
     NotFound,
     Done,
-    /// The request failed along the way: an HTTP status and a one-line reason for the client.
-    Failed {
-        status: u16,
-        reason: String,
-    },
+    /// The request failed along the way.
+    Failed(Fault),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -116,6 +148,8 @@ pub struct KvReply {
     pub hops: u32,
     /// The owner's advertised address (empty when the request failed before reaching one).
     pub owner: String,
+    /// The version of the value read, or of the write applied (0 when there is none).
+    pub version: u64,
 }
 
 /// Everything one node asks another.
@@ -177,9 +211,8 @@ pub enum Response {
     Status(Status),
     /// The request was accepted (or, for Notify and HandoffDone, considered).
     Ack,
-    /// The receiver cannot take this now (it is joining, or busy with another handoff);
-    /// the sender should retry later.
-    Busy,
+    /// The call failed at the receiver.
+    Fault(Fault),
 }
 
 impl Message for Request {}

@@ -14,8 +14,11 @@ fn request() -> impl Strategy<Value = Request> {
     let record = (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
         .prop_map(|(key, version, value)| Record { key, version, value });
     prop_oneof![
-        (".{0,32}", op, any::<u32>(), any::<bool>())
-            .prop_map(|(key, op, hops, addressed)| { Request::Kv(KvRequest { key, op, hops, addressed }) }),
+        (".{0,32}", op, any::<u32>(), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
+            |(key, op, hops, addressed, version, deadline_ms)| {
+                Request::Kv(KvRequest { key, op, hops, addressed, version, deadline_ms })
+            }
+        ),
         (any::<u64>(), any::<u32>()).prop_map(|(id, hops)| Request::FindSuccessor { id, hops }),
         Just(Request::Neighbors),
         node().prop_map(|from| Request::Notify { from }),
@@ -36,21 +39,22 @@ fn response() -> impl Strategy<Value = Response> {
         bytes().prop_map(KvOutcome::Value),
         Just(KvOutcome::NotFound),
         Just(KvOutcome::Done),
-        (any::<u16>(), ".{0,20}").prop_map(|(status, reason)| KvOutcome::Failed { status, reason }),
+        any::<u32>().prop_map(|n| KvOutcome::Failed(Fault::HopLimit(n))),
+        (".{0,20}", ".{0,20}")
+            .prop_map(|(addr, reason)| KvOutcome::Failed(Fault::Unavailable { addr, reason })),
+        Just(KvOutcome::Failed(Fault::DeadlinePassed)),
     ];
     prop_oneof![
-        (outcome, any::<u32>(), ".{0,20}").prop_map(|(outcome, hops, owner)| Response::Kv(KvReply {
-            outcome,
-            hops,
-            owner
-        })),
+        (outcome, any::<u32>(), ".{0,20}", any::<u64>()).prop_map(|(outcome, hops, owner, version)| {
+            Response::Kv(KvReply { outcome, hops, owner, version })
+        }),
         (node(), any::<u32>()).prop_map(|(node, hops)| Response::Successor { node, hops }),
         (proptest::option::of(node()), proptest::collection::vec(node(), 0..5))
             .prop_map(|(pred, succs)| Response::Neighbors { pred, succs }),
         (node(), proptest::option::of(node()), node(), any::<u64>())
             .prop_map(|(me, pred, succ, keys)| Response::Status(Status { me, pred, succ, keys })),
         Just(Response::Ack),
-        Just(Response::Busy),
+        Just(Response::Fault(Fault::Busy)),
     ]
 }
 
@@ -106,12 +110,14 @@ fn golden_bytes() {
                 op: KvOp::Put(b"v!".to_vec()),
                 hops: 3,
                 addressed: true,
+                version: 5,
+                deadline_ms: 9,
             })
             .encode(),
-            "0200016b010276210301",
+            "0300016b0102762103010509",
         ),
-        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0201ffffffffffffffffff0100"),
-        (Request::Notify { from: n.clone() }.encode(), "02030e3132372e302e302e313a383030308202"),
+        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0301ffffffffffffffffff0100"),
+        (Request::Notify { from: n.clone() }.encode(), "03030e3132372e302e302e313a383030308202"),
         (
             Request::Merge {
                 from: n.clone(),
@@ -121,16 +127,21 @@ fn golden_bytes() {
                 ],
             }
             .encode(),
-            "02040e3132372e302e302e313a383030308202020161070102010201620800",
+            "03040e3132372e302e302e313a383030308202020161070102010201620800",
         ),
         (
-            Response::Kv(KvReply { outcome: KvOutcome::Value(b"xy".to_vec()), hops: 2, owner: "h:1".into() })
+            Response::Kv(KvReply {
+                outcome: KvOutcome::Value(b"xy".to_vec()),
+                hops: 2,
+                owner: "h:1".into(),
+                version: 4,
+            })
                 .encode(),
-            "0200000278790203683a31",
+            "0300000278790203683a3104",
         ),
         (
             Response::Neighbors { pred: None, succs: vec![n] }.encode(),
-            "020200010e3132372e302e302e313a383030308202",
+            "030200010e3132372e302e302e313a383030308202",
         ),
     ];
     for (bytes, expect) in cases {

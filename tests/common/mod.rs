@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sdht::node::client::Client;
+use sdht::client::Client;
 use sdht::ring::Id;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -1,5 +1,9 @@
 //! A client of the public HTTP API, for the CLI, the demo, tests and benchmarks. It speaks
 //! the same HTTP a curl user does; nothing here is internal.
+//!
+//! Owns: one keep-alive connection pool, the bearer token, key encoding, and the parsing of
+//! the `x-sdht-*` headers. Must not touch: node internals. Left out: owner-aware routing
+//! (every call goes to the node named).
 
 use std::time::Duration;
 
@@ -9,7 +13,26 @@ use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::error::{Error, PeerError, Result};
+/// Why an API call failed (an HTTP answer of any status is not a failure).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is not a valid host:port")]
+    BadAddress(String),
+    #[error("{addr} unreachable: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{addr}: reading the answer failed: {reason}")]
+    Body { addr: String, reason: String },
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    #[error("{addr} answered HTTP {status}")]
+    Status { addr: String, status: StatusCode },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Longest wait for one API call: a request may cross many nodes.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,6 +46,8 @@ pub struct KvAnswer {
     pub hops: Option<u32>,
     /// `x-sdht-owner`: the owner's address.
     pub owner: Option<String>,
+    /// `x-sdht-version`: the version read or written.
+    pub version: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -75,19 +100,23 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<hyper::Response<Bytes>> {
-        let unavailable = |source| Error::Unavailable { addr: node.to_string(), source };
         let mut builder = hyper::Request::builder().method(method).uri(format!("http://{node}{path}"));
         if let Some(token) = &self.token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = builder.body(Full::new(body)).map_err(|_| unavailable(PeerError::BadAddress))?;
+        let req = builder.body(Full::new(body)).map_err(|_| Error::BadAddress(node.to_string()))?;
+        let addr = || node.to_string();
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| unavailable(e.into()))?;
+            let resp = self.http.request(req).await.map_err(|source| Error::Unreachable { addr: addr(), source })?;
             let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.map_err(|e| unavailable(PeerError::Body(e.into())))?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| Error::Body { addr: addr(), reason: e.to_string() })?
+                .to_bytes();
             Ok(hyper::Response::from_parts(parts, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| unavailable(PeerError::Timeout))?
+        tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| Error::Timeout(addr()))?
     }
 
     async fn kv(&self, node: &str, method: Method, key: &str, body: Bytes) -> Result<KvAnswer> {
@@ -97,6 +126,7 @@ impl Client {
             status: resp.status(),
             hops: header("x-sdht-hops").and_then(|h| h.parse().ok()),
             owner: header("x-sdht-owner"),
+            version: header("x-sdht-version").and_then(|h| h.parse().ok()),
             body: resp.body().clone(),
         })
     }
@@ -117,10 +147,9 @@ impl Client {
     pub async fn json(&self, node: &str, path: &str) -> Result<serde_json::Value> {
         let resp = self.call(node, Method::GET, path, Bytes::new()).await?;
         if resp.status() != StatusCode::OK {
-            return Err(Error::Unavailable { addr: node.into(), source: PeerError::Status(resp.status()) });
+            return Err(Error::Status { addr: node.into(), status: resp.status() });
         }
-        serde_json::from_slice(resp.body())
-            .map_err(|e| Error::Unavailable { addr: node.into(), source: PeerError::Body(e.into()) })
+        serde_json::from_slice(resp.body()).map_err(|e| Error::Body { addr: node.into(), reason: e.to_string() })
     }
 }
 

@@ -1,5 +1,6 @@
 //! `sdht demo`: a local ring of four nodes in one process, a few keys written and read
 //! through different nodes, and the commands to try; on Ctrl-C every node leaves in turn.
+//! Not part of the node: it runs nodes and talks to them like any client.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,8 +8,23 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{format_ring, Client};
-use super::{serve, Config, Error, Node, Result};
+use crate::client::{self, format_ring, Client};
+use crate::node::{serve, Config, Node, StartError};
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Client(#[from] client::Error),
+    #[error("a node of the demo ended abnormally")]
+    TaskFailed,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// How long the demo waits for its ring to settle before showing it anyway.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
@@ -75,7 +91,7 @@ pub async fn run(
     // first node is last and keeps everything on disk.
     for (token, handle) in running.into_iter().rev() {
         token.cancel();
-        handle.await.map_err(|_| Error::TaskFailed)??;
+        handle.await.map_err(|_| Error::TaskFailed)?;
     }
     if temp {
         let _ = std::fs::remove_dir_all(&root);

@@ -1,0 +1,189 @@
+//! A client's get, put or delete: stamped where it enters the ring (version and deadline),
+//! routed by the published `View`, forwarded clockwise, and at the owner read, or written
+//! with a quorum of durable copies.
+//!
+//! Must not touch: ring state (it reads the published view and reports unreachable peers to
+//! the membership task as events), HTTP statuses.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::clock::wall_millis;
+use super::error::{PeerError, Result};
+use super::Node;
+use crate::lmdb::{Applied, Write};
+use crate::ring::{key_id, Event, Peer, Route, Standing, View};
+use crate::wire::{self, Fault, KvOp, KvOutcome, KvReply, KvRequest};
+
+/// How long a client request may take from the node first asked to its owner and back. A
+/// forward left hanging on a cut link must not land much later and overwrite newer writes:
+/// after this the request is dropped wherever it is.
+const KV_DEADLINE: Duration = Duration::from_secs(5);
+/// Wait for a replica's acknowledgement of one write (a durable commit on the replica).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn reply(outcome: KvOutcome, hops: u32, owner: &str, version: u64) -> KvReply {
+    KvReply { outcome, hops, owner: owner.to_string(), version }
+}
+
+fn failed(fault: Fault, hops: u32) -> KvReply {
+    reply(KvOutcome::Failed(fault), hops, "", 0)
+}
+
+impl Node {
+    /// A request from a client of this node: stamps a write's version and the deadline.
+    pub(super) async fn client_kv(&self, key: String, op: KvOp) -> KvReply {
+        let version = if op == KvOp::Get { 0 } else { self.inner.clock.stamp() };
+        let deadline_ms = wall_millis() + KV_DEADLINE.as_millis() as u64;
+        self.serve_kv(KvRequest { key, op, hops: 0, addressed: false, version, deadline_ms }).await
+    }
+
+    /// A request here or one node on. A next hop that refuses connections is reported dead
+    /// and the request routed again once the view changes; a retried write carries the same
+    /// version, so applying it twice changes nothing.
+    pub(super) async fn serve_kv(&self, req: KvRequest) -> KvReply {
+        if req.version != 0 {
+            if let Err(e) = self.check_version(req.version) {
+                return failed(e.into(), req.hops);
+            }
+        }
+        let id = key_id(req.key.as_bytes());
+        let mut last = Fault::NotServing;
+        for _ in 0..=self.inner.config.successors + 1 {
+            if wall_millis() > req.deadline_ms {
+                self.inner.metrics.late_requests.inc();
+                return failed(Fault::DeadlinePassed, req.hops);
+            }
+            let view = self.view();
+            if view.standing == Standing::Joining {
+                return failed(Fault::NotServing, req.hops);
+            }
+            let (to, addressed) = match view.route(id, req.addressed) {
+                Route::Local => return self.local_kv(id.0, &req).await,
+                Route::Forward { to, addressed } => (to, addressed),
+                Route::Back { to } => (to, true),
+            };
+            match self.forward(&view, &to, addressed, &req).await {
+                Ok(reply) => return reply,
+                Err(fault) => last = fault,
+            }
+        }
+        failed(last, req.hops)
+    }
+
+    /// Sends the request to `to`; an error means it may be retried along a new route.
+    async fn forward(&self, view: &View, to: &Peer, addressed: bool, req: &KvRequest) -> std::result::Result<KvReply, Fault> {
+        let hop_limit = self.inner.config.hop_limit;
+        if req.hops >= hop_limit {
+            return Ok(failed(Fault::HopLimit(hop_limit), req.hops));
+        }
+        self.inner.metrics.forwarded.inc();
+        let left = Duration::from_millis(req.deadline_ms.saturating_sub(wall_millis()));
+        let fwd = KvRequest { hops: req.hops + 1, addressed, ..req.clone() };
+        let unavailable = |e: &PeerError| Fault::Unavailable { addr: to.addr.clone(), reason: e.to_string() };
+        match self.inner.peers.kv(&to.addr, fwd, left).await {
+            Ok(reply) => Ok(reply),
+            Err(e) if e.is_refused() => {
+                self.membership_hint(Event::Unreachable { peer: to.clone(), failure: e.failure() });
+                self.view_changed(view).await;
+                Err(unavailable(&e))
+            }
+            // A pooled connection that died under the request: try again on a new one.
+            Err(e @ PeerError::Connect(_)) => Err(unavailable(&e)),
+            Err(e) => {
+                self.membership_hint(Event::Unreachable { peer: to.clone(), failure: e.failure() });
+                Ok(failed(unavailable(&e), req.hops))
+            }
+        }
+    }
+
+    /// Waits (briefly) for the membership task to publish a view other than `seen`.
+    async fn view_changed(&self, seen: &View) {
+        let mut rx = self.inner.view.clone();
+        let changed = rx.wait_for(|v| **v != *seen);
+        let _ = tokio::time::timeout(self.inner.config.peer_timeout, changed).await;
+    }
+
+    /// Executes a request this node owns.
+    async fn local_kv(&self, id: u64, req: &KvRequest) -> KvReply {
+        let me = &self.inner.me.addr;
+        let key = req.key.as_bytes().to_vec();
+        let write = match &req.op {
+            KvOp::Get => {
+                return match self.inner.storage.get(id, &key) {
+                    Ok(Some(r)) if r.value.is_some() => reply(KvOutcome::Value(r.value.unwrap()), req.hops, me, r.version),
+                    Ok(_) => reply(KvOutcome::NotFound, req.hops, me, 0),
+                    Err(e) => failed(e.into(), req.hops),
+                };
+            }
+            KvOp::Put(v) => Write::Put { id, key, value: v.clone(), version: req.version },
+            KvOp::Delete => Write::Delete { id, key, version: req.version },
+        };
+        match self.write_local(id, req, write).await {
+            Ok(outcome) => reply(outcome, req.hops, me, req.version),
+            Err(e) => failed(e.into(), req.hops),
+        }
+    }
+
+    /// Commits a write here while sending it to the replicas (and to a handoff's receiver),
+    /// and answers once `W` copies are durable. Replicas that answer later finish in the
+    /// background; the write-through must succeed, or the write is not acknowledged.
+    async fn write_local(&self, id: u64, req: &KvRequest, write: Write) -> Result<KvOutcome> {
+        let (_guard, view) = self.inner.writes.begin(&self.inner.view);
+        let needed = view.write_quorum().ok_or(Fault::CutOff)?;
+        let value = match &req.op {
+            KvOp::Put(v) => Some(v.clone()),
+            _ => None,
+        };
+        let rec = wire::Record { key: req.key.clone(), version: req.version, value };
+        let replicas = view.replica_peers(view.replicas.saturating_sub(1));
+        let (tx, mut acks) = mpsc::channel(replicas.len().max(1));
+        for to in replicas {
+            self.send_copy(to, rec.clone(), REPLICATE_TIMEOUT, tx.clone());
+        }
+        drop(tx);
+        let through = view.write_through_for(crate::ring::Id(id)).cloned().map(|w| {
+            let (tx, rx) = mpsc::channel(1);
+            self.send_copy(w.to.clone(), rec.clone(), super::transfer::BATCH_TIMEOUT, tx);
+            (w.job, rx)
+        });
+        let applied = self.inner.storage.write(write).await?;
+        if let Some((job, mut rx)) = through {
+            if !matches!(rx.recv().await, Some(true)) {
+                self.membership_hint(Event::WriteThroughFailed { job });
+                let to = view.write_through.as_ref().map(|w| w.to.addr.clone()).unwrap_or_default();
+                return Err(Fault::HandoffFailed(to).into());
+            }
+        }
+        let mut durable = 1;
+        while durable < needed {
+            match acks.recv().await {
+                Some(true) => durable += 1,
+                Some(false) => {}
+                None => return Err(Fault::NoQuorum { acked: durable as u32, needed: needed as u32 }.into()),
+            }
+        }
+        Ok(match applied {
+            Applied::Unchanged => KvOutcome::NotFound,
+            Applied::Stored { .. } | Applied::Superseded { .. } => KvOutcome::Done,
+        })
+    }
+
+    /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
+    /// peer that refuses the connection is reported to the membership task.
+    fn send_copy(&self, to: Peer, rec: wire::Record, timeout: Duration, done: mpsc::Sender<bool>) {
+        let node = self.clone();
+        self.inner.tasks.spawn(async move {
+            let me = Node::info(&node.inner.me);
+            let result = node.inner.peers.merge(&to.addr, me, vec![rec], timeout).await;
+            if let Err(e) = &result {
+                tracing::debug!(replica = %to.addr, error = %e, "replica write failed");
+                if e.is_refused() {
+                    node.membership_hint(Event::Unreachable { peer: to, failure: e.failure() });
+                }
+            }
+            let _ = done.send(result.is_ok()).await;
+        });
+    }
+}
