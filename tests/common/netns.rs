@@ -326,6 +326,17 @@ fn free_octet() -> Result<u16, String> {
         .ok_or_else(|| format!("every {SUBNET_PREFIX}.X.0/24 subnet is in use"))
 }
 
+/// What may drop traffic between two ports of the test bridge: with br_netfilter loaded and
+/// `bridge-nf-call-iptables` on, bridged packets cross the root namespace's FORWARD chain
+/// (Docker, for one, sets its policy to DROP).
+fn bridge_filter() -> String {
+    let sysctl = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    let sysctl = sysctl.map_or("br_netfilter not loaded".into(), |v| format!("bridge-nf-call-iptables = {}", v.trim()));
+    let forward = run_sync(&["iptables", "-S", "FORWARD"]).unwrap_or_else(|e| e);
+    let policy = forward.lines().next().unwrap_or("unknown FORWARD policy");
+    format!("{sysctl}, root namespace: {policy} (bridged packets must be accepted there)")
+}
+
 /// True if a TCP connection from namespace `ns` to `ip:NODE_PORT` opens in time.
 async fn ns_reaches(ns: &str, ip: &str) -> bool {
     let script = format!("exec 3<>/dev/tcp/{ip}/{NODE_PORT}");
@@ -370,6 +381,9 @@ impl Cluster {
         for i in 0..n {
             let node = cluster.spawn(i, (i > 0).then_some(0)).await;
             cluster.nodes.push(node);
+            if i == 0 && n > 1 && !ns_reaches(cluster.net.namespace(1), &cluster.net.ip(0)).await {
+                panic!("harness: node 1's namespace cannot reach node 0 over the bridge; {}", bridge_filter());
+            }
         }
         cluster
     }
