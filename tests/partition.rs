@@ -122,7 +122,8 @@ struct Answer {
 async fn kv(client: &Client, addr: &str, method: Method, key: &str, body: Bytes) -> Result<Answer, String> {
     let path = format!("/kv/{}", encode_key(key));
     let call = tokio::time::timeout(REQUEST_TIMEOUT, client.call(addr, method, &path, body));
-    let resp = call.await.map_err(|_| format!("no answer in {REQUEST_TIMEOUT:?}"))?.map_err(|e| e.to_string())?;
+    let resp =
+        call.await.map_err(|_| format!("no answer in {REQUEST_TIMEOUT:?}"))?.map_err(|e| e.to_string())?;
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     Ok(Answer {
         status: resp.status().as_u16(),
@@ -222,7 +223,9 @@ async fn reader(ctx: Arc<Ctx>, seed: u64) {
             let mut stats = ctx.reads.lock().unwrap();
             match got {
                 Ok(a) if a.status == 200 && parse_seq(&ctx.keys[key], &a.body).is_some() => stats.ok += 1,
-                Ok(a) if a.status == 200 => stats.bad.push(format!("{} via node {node}: {:?}", ctx.keys[key], a.body)),
+                Ok(a) if a.status == 200 => {
+                    stats.bad.push(format!("{} via node {node}: {:?}", ctx.keys[key], a.body))
+                }
                 Ok(a) if a.status == 404 => stats.absent += 1,
                 _ => stats.failed += 1,
             }
@@ -296,7 +299,11 @@ fn failure_kinds(writes: &[&Write]) -> String {
         *kinds.entry(w.kind()).or_default() += 1;
     }
     let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} x{n}")).collect();
-    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// One scenario: its cluster, clients, workload, timeline and findings. Every check adds
@@ -353,13 +360,17 @@ impl Run {
     /// waits until every key has been acknowledged a few times.
     async fn load(&mut self, extra: Vec<KeySpec>) {
         let all: Vec<usize> = (0..NODES).collect();
-        let mut specs: Vec<KeySpec> =
-            (0..KEYS).map(|k| KeySpec { name: format!("{}-k{k}", self.name), targets: all.clone() }).collect();
+        let mut specs: Vec<KeySpec> = (0..KEYS)
+            .map(|k| KeySpec { name: format!("{}-k{k}", self.name), targets: all.clone() })
+            .collect();
         specs.extend(extra);
         let seed = self.name.bytes().map(u64::from).sum::<u64>();
         let load = start_load(&self.client, self.cluster.addrs(), specs, seed);
         let short = load.wait_acks(WARMUP_ACKS, self.t0, Instant::now() + WARMUP_DEADLINE).await;
-        assert!(short.is_empty(), "harness: on the whole ring, keys {short:?} got no {WARMUP_ACKS} acknowledged writes");
+        assert!(
+            short.is_empty(),
+            "harness: on the whole ring, keys {short:?} got no {WARMUP_ACKS} acknowledged writes"
+        );
         self.load = Some(load);
     }
 
@@ -408,11 +419,19 @@ impl Run {
             }
             tokio::time::sleep(POLL).await;
         };
+        let took = since.elapsed();
         if whole {
-            self.ring_after = Some(since.elapsed());
-        } else {
+            self.ring_after = Some(took);
+        }
+        if whole && took > HEAL_DEADLINE {
+            let ms = took.as_millis();
+            self.failures
+                .push(format!("(a) one ring only {ms} ms after the {event} (deadline {HEAL_DEADLINE:?})"));
+        } else if !whole {
             let views = self.ring_views().await;
-            self.failures.push(format!("(a) no single ring within {HEAL_DEADLINE:?} of the {event}; the nodes see:{views}"));
+            self.failures.push(format!(
+                "(a) no single ring within {HEAL_DEADLINE:?} of the {event}; the nodes see:{views}"
+            ));
         }
         let all: Vec<usize> = (0..NODES).collect();
         if let Err(e) = self.cluster.net.check_links(&all, &[]).await {
@@ -433,7 +452,8 @@ impl Run {
             let ring = json(&self.client, addr, "/ring").await;
             let line = match (status, ring) {
                 (Ok(s), Ok(r)) => {
-                    let walk: Vec<String> = r["nodes"].as_array().into_iter().flatten().map(|n| short(&n["addr"])).collect();
+                    let walk: Vec<String> =
+                        r["nodes"].as_array().into_iter().flatten().map(|n| short(&n["addr"])).collect();
                     let complete = if r["complete"] == true { "complete" } else { "INCOMPLETE" };
                     let (p, s) = (short(&s["predecessor"]), short(&s["successor"]));
                     format!("pred={p} succ={s} walk=[{}] {complete}", walk.join(" "))
@@ -507,7 +527,12 @@ impl Run {
 
     /// The problems with one key's reads through nodes 0..: disagreement (b), an
     /// acknowledged seq missing (c).
-    fn judge(&self, key: &str, seen: &[Result<(Option<u64>, Option<String>), String>], best: Option<&Write>) -> Vec<String> {
+    fn judge(
+        &self,
+        key: &str,
+        seen: &[Result<(Option<u64>, Option<String>), String>],
+        best: Option<&Write>,
+    ) -> Vec<String> {
         let show = |r: &Result<(Option<u64>, Option<String>), String>| match r {
             Ok((Some(seq), Some(v))) => format!("seq {seq} (version {v})"),
             Ok((Some(seq), None)) => format!("seq {seq}"),
@@ -528,7 +553,11 @@ impl Run {
                 .collect();
             if !behind.is_empty() {
                 let via = format!("n{} at {}", w.node, self.at(w.end));
-                problems.push(format!("(c) key {key}: seq {} was acknowledged ({via}) but {}", w.seq, behind.join(", ")));
+                problems.push(format!(
+                    "(c) key {key}: seq {} was acknowledged ({via}) but {}",
+                    w.seq,
+                    behind.join(", ")
+                ));
             }
         }
         problems
@@ -537,11 +566,16 @@ impl Run {
     /// (d): node `v` acknowledged no write sent to it and answered while it was cut off.
     fn check_isolated(&mut self, keys: &[String], writes: &[Write], v: usize) {
         let (cut_at, heal_at) = (self.cut_at.expect("cut"), self.heal_at.expect("heal"));
-        let bad: Vec<&Write> =
-            writes.iter().filter(|w| w.node == v && w.acked() && w.start >= cut_at && w.end <= heal_at).collect();
+        let bad: Vec<&Write> = writes
+            .iter()
+            .filter(|w| w.node == v && w.acked() && w.start >= cut_at && w.end <= heal_at)
+            .collect();
         if !bad.is_empty() {
-            let examples: Vec<String> =
-                bad.iter().take(EXAMPLES).map(|w| format!("{}={} at {}", keys[w.key], w.seq, self.at(w.end))).collect();
+            let examples: Vec<String> = bad
+                .iter()
+                .take(EXAMPLES)
+                .map(|w| format!("{}={} at {}", keys[w.key], w.seq, self.at(w.end)))
+                .collect();
             self.failures.push(format!(
                 "(d) node n{v} ({}) was cut off from every other node, yet acknowledged {} writes (204), e.g. {}",
                 self.cluster.net.addr(v),
@@ -560,7 +594,9 @@ async fn read_seq(client: &Client, addr: &str, key: &str) -> Result<(Option<u64>
         return Err(format!("status {} without x-sdht-hops/x-sdht-owner", a.status));
     }
     match a.status {
-        200 => parse_seq(key, &a.body).map(|seq| (Some(seq), a.version)).ok_or(format!("malformed value {:?}", a.body)),
+        200 => parse_seq(key, &a.body)
+            .map(|seq| (Some(seq), a.version))
+            .ok_or(format!("malformed value {:?}", a.body)),
         404 => Ok((None, None)),
         s => Err(format!("status {s}")),
     }
@@ -574,12 +610,20 @@ impl Run {
         let during: Vec<&Write> = writes.iter().filter(|w| w.start >= cut_at && w.start < heal_at).collect();
         let all: Vec<&Write> = writes.iter().collect();
         let acked = |ws: &[&Write]| ws.iter().filter(|w| w.acked()).count();
-        let ring = self.ring_after.map_or(format!("NOT within {HEAL_DEADLINE:?}"), |d| format!("{} ms", d.as_millis()));
-        let per_node: Vec<String> =
-            (0..NODES).map(|i| format!("n{i} {}", during.iter().filter(|w| w.node == i && w.acked()).count())).collect();
+        let ring = self
+            .ring_after
+            .map_or(format!("NOT within {HEAL_DEADLINE:?}"), |d| format!("{} ms", d.as_millis()));
+        let per_node: Vec<String> = (0..NODES)
+            .map(|i| format!("n{i} {}", during.iter().filter(|w| w.node == i && w.acked()).count()))
+            .collect();
         let mut lines = self.notes.clone();
         lines.push(format!("time to one ring: {ring}"));
-        lines.push(format!("writes: acknowledged {}, failed {} ({})", acked(&all), all.len() - acked(&all), failure_kinds(&all)));
+        lines.push(format!(
+            "writes: acknowledged {}, failed {} ({})",
+            acked(&all),
+            all.len() - acked(&all),
+            failure_kinds(&all)
+        ));
         lines.push(format!(
             "writes started during the partition: acknowledged {}, failed {} ({}); acknowledged per node: {}",
             acked(&during),
@@ -587,7 +631,13 @@ impl Run {
             failure_kinds(&during),
             per_node.join(", ")
         ));
-        lines.push(format!("reads: ok {}, 404 {}, failed {}, malformed {}", reads.ok, reads.absent, reads.failed, reads.bad.len()));
+        lines.push(format!(
+            "reads: ok {}, 404 {}, failed {}, malformed {}",
+            reads.ok,
+            reads.absent,
+            reads.failed,
+            reads.bad.len()
+        ));
         println!("==== scenario {} ====", self.name);
         for line in &lines {
             println!("  {line}");
@@ -633,7 +683,8 @@ impl Run {
     /// its successor `s` (the key's owner) was cut.
     fn note_forwarded(&mut self, writes: &[Write], k: usize, a: usize, s: usize) {
         let (cut_at, heal_at) = (self.cut_at.expect("cut"), self.heal_at.expect("heal"));
-        let into: Vec<&Write> = writes.iter().filter(|w| w.key == k && w.start >= cut_at && w.start < heal_at).collect();
+        let into: Vec<&Write> =
+            writes.iter().filter(|w| w.key == k && w.start >= cut_at && w.start < heal_at).collect();
         let Some(first) = into.first() else {
             self.failures.push(format!("harness: no write was sent into the cut link n{a} -> n{s}"));
             return;
@@ -709,11 +760,13 @@ async fn a_bridge_keeps_writes_flowing() {
 async fn a_cut_link_to_the_successor_loses_no_forwarded_write() {
     let Some(mut run) = Run::start("succ").await else { return };
     let a = 1;
-    let status = json(&run.client, &run.cluster.net.addr(a), "/status").await.expect("harness: /status of n1");
+    let status =
+        json(&run.client, &run.cluster.net.addr(a), "/status").await.expect("harness: /status of n1");
     let succ = status["successor"].as_str().expect("harness: n1 has a successor").to_string();
     let s = run.cluster.addrs().iter().position(|x| *x == succ).expect("harness: the successor is a node");
     let owned_by_s = Interval::new(run.cluster.nodes[a].id, run.cluster.nodes[s].id);
-    let key = (0..).map(|n| format!("succ-fwd{n}")).find(|k| owned_by_s.contains(key_id(k.as_bytes()))).unwrap();
+    let key =
+        (0..).map(|n| format!("succ-fwd{n}")).find(|k| owned_by_s.contains(key_id(k.as_bytes()))).unwrap();
     run.load(vec![KeySpec { name: key.clone(), targets: vec![a] }]).await;
     let what = format!("n{a} <-> its successor n{s}; key {key} (owned by n{s}) written only through n{a}");
     run.cut(&[(a, s)], what).await;
@@ -733,7 +786,11 @@ async fn an_isolated_node_killed_and_restarted_rejoins() {
     let Some(mut run) = Run::start("restart").await else { return };
     let v = 3;
     run.load(Vec::new()).await;
-    run.cut(&isolate(v), format!("n{v} cut off, SIGKILLed {KILL_AFTER:?} into the cut, restarted after the heal")).await;
+    run.cut(
+        &isolate(v),
+        format!("n{v} cut off, SIGKILLed {KILL_AFTER:?} into the cut, restarted after the heal"),
+    )
+    .await;
     run.hold_until(KILL_AFTER).await;
     run.cluster.kill(v).await;
     println!("[{}] {} n{v} killed", run.name, run.at(Instant::now()));
@@ -772,5 +829,9 @@ async fn harness_cuts_exactly_the_links_it_is_told_to_and_cleans_up() {
             assert!(status.is_ok(), "the test process cannot query n{i} ({addr}): {status:?}");
         }
     }
-    assert_eq!(netns::leftovers(), Vec::<String>::new(), "namespaces or interfaces left after the cluster was dropped");
+    assert_eq!(
+        netns::leftovers(),
+        Vec::<String>::new(),
+        "namespaces or interfaces left after the cluster was dropped"
+    );
 }

@@ -191,8 +191,14 @@ impl Net {
         let tag = run_tag();
         let octet = free_octet()?;
         let bridge = format!("sdb{tag}");
-        let mut net =
-            Net { tag, octet, bridge, namespaces: Vec::new(), host_veths: Vec::new(), iptables: tools.iptables };
+        let mut net = Net {
+            tag,
+            octet,
+            bridge,
+            namespaces: Vec::new(),
+            host_veths: Vec::new(),
+            iptables: tools.iptables,
+        };
         let cidr = format!("{}/24", net.host_ip());
         run_sync(&["ip", "link", "add", &net.bridge, "type", "bridge"])?;
         run_sync(&["ip", "addr", "add", &cidr, "dev", &net.bridge])?;
@@ -255,7 +261,21 @@ impl Net {
     pub async fn drop_fraction(&self, i: usize, probability: f64) {
         let p = probability.to_string();
         let host = self.host_ip();
-        let rule = ["-A", "INPUT", "!", "-s", &host, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"];
+        let rule = [
+            "-A",
+            "INPUT",
+            "!",
+            "-s",
+            &host,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ];
         self.iptables(i, &rule).await;
     }
 
@@ -294,11 +314,18 @@ impl Net {
             };
             if reached != want {
                 let from = from.map_or("the test process".to_string(), |a| format!("node {a}"));
-                wrong.push(format!("{from} {} node {to}", if reached { "reaches cut" } else { "cannot reach" }));
+                wrong.push(format!(
+                    "{from} {} node {to}",
+                    if reached { "reaches cut" } else { "cannot reach" }
+                ));
             }
         }
         wrong.sort();
-        if wrong.is_empty() { Ok(()) } else { Err(wrong.join("; ")) }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
     }
 }
 
@@ -331,7 +358,8 @@ fn free_octet() -> Result<u16, String> {
 /// (Docker, for one, sets its policy to DROP).
 fn bridge_filter() -> String {
     let sysctl = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables");
-    let sysctl = sysctl.map_or("br_netfilter not loaded".into(), |v| format!("bridge-nf-call-iptables = {}", v.trim()));
+    let sysctl = sysctl
+        .map_or("br_netfilter not loaded".into(), |v| format!("bridge-nf-call-iptables = {}", v.trim()));
     let forward = run_sync(&["iptables", "-S", "FORWARD"]).unwrap_or_else(|e| e);
     let policy = forward.lines().next().unwrap_or("unknown FORWARD policy");
     format!("{sysctl}, root namespace: {policy} (bridged packets must be accepted there)")
@@ -382,7 +410,10 @@ impl Cluster {
             let node = cluster.spawn(i, (i > 0).then_some(0)).await;
             cluster.nodes.push(node);
             if i == 0 && n > 1 && !ns_reaches(cluster.net.namespace(1), &cluster.net.ip(0)).await {
-                panic!("harness: node 1's namespace cannot reach node 0 over the bridge; {}", bridge_filter());
+                panic!(
+                    "harness: node 1's namespace cannot reach node 0 over the bridge; {}",
+                    bridge_filter()
+                );
             }
         }
         cluster
@@ -449,7 +480,12 @@ impl Cluster {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-            eprintln!("---- node {i} ({}) log {} (last {} lines)", self.net.addr(i), path.display(), tail.len());
+            eprintln!(
+                "---- node {i} ({}) log {} (last {} lines)",
+                self.net.addr(i),
+                path.display(),
+                tail.len()
+            );
             for line in tail {
                 eprintln!("  {line}");
             }
@@ -464,7 +500,9 @@ impl Drop for Cluster {
             let _ = node.child.start_kill();
         }
         let deadline = Instant::now() + REAP_TIMEOUT;
-        while self.nodes.iter_mut().any(|n| matches!(n.child.try_wait(), Ok(None))) && Instant::now() < deadline {
+        while self.nodes.iter_mut().any(|n| matches!(n.child.try_wait(), Ok(None)))
+            && Instant::now() < deadline
+        {
             std::thread::sleep(REAP_POLL);
         }
         if failed {
@@ -484,7 +522,9 @@ impl Drop for Cluster {
 async fn listening_line(child: &mut Child, log: &Path) -> String {
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let line = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
-    let line = line.unwrap_or_else(|_| panic!("node printed no listening line in {START_TIMEOUT:?}; see {}", log.display()));
+    let line = line.unwrap_or_else(|_| {
+        panic!("node printed no listening line in {START_TIMEOUT:?}; see {}", log.display())
+    });
     line.ok().flatten().unwrap_or_else(|| panic!("node exited before listening; see {}", log.display()))
 }
 
@@ -503,7 +543,8 @@ pub fn leftovers() -> Vec<String> {
     let ns_names = namespaces.lines().filter_map(|l| l.split_whitespace().next());
     let link_names = links.lines().filter_map(|l| l.split(": ").nth(1)).filter_map(|n| n.split('@').next());
     let ours = |name: &&str| {
-        name.starts_with(&format!("sdht-{tag}")) || ["sdb", "sdh", "sdp"].iter().any(|p| name.starts_with(&format!("{p}{tag}")))
+        name.starts_with(&format!("sdht-{tag}"))
+            || ["sdb", "sdh", "sdp"].iter().any(|p| name.starts_with(&format!("{p}{tag}")))
     };
     ns_names.chain(link_names).filter(ours).map(str::to_string).collect()
 }
