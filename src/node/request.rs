@@ -179,6 +179,7 @@ impl Node {
             let result = node.inner.peers.merge(&to.addr, me, vec![rec], timeout).await;
             if let Err(e) = &result {
                 tracing::debug!(replica = %to.addr, error = %e, "replica write failed");
+                node.membership_hint(Event::ReplicaMissed);
                 if e.is_refused() {
                     node.membership_hint(Event::Unreachable { peer: to, failure: e.failure() });
                 }

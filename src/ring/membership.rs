@@ -143,6 +143,8 @@ pub enum Event {
     WriteThroughFailed { job: JobId },
     /// A request (forward, replica write) found this peer unreachable.
     Unreachable { peer: Peer, failure: Failure },
+    /// A replica did not acknowledge a write: push the owned range to the replicas again.
+    ReplicaMissed,
     /// Leave the ring gracefully.
     Leave,
 }
@@ -227,12 +229,16 @@ enum Purpose {
     MergeLookup(Peer),
 }
 
+/// A peer this node lost (found unreachable), probed with back-off until it is linked to us
+/// again or its ring agrees with ours.
 #[derive(Clone, Debug)]
 struct Lost {
     peer: Peer,
     next_probe: Millis,
     backoff: Millis,
     probing: bool,
+    /// It answered us directly since: no longer filtered out of what neighbours tell us.
+    reachable: bool,
 }
 
 /// (owned range, replica targets): what a completed replication push was for.
@@ -265,6 +271,8 @@ pub struct Membership {
     seeds: Vec<String>,
     /// The predecessor we are telling that we left, after departing.
     leaving_pred: Option<Peer>,
+    /// This node has had a predecessor (it is no newcomer: it may hold keys to hand over).
+    had_pred: bool,
 }
 
 impl Membership {
@@ -287,6 +295,7 @@ impl Membership {
             lost: BTreeMap::new(),
             seeds: Vec::new(),
             leaving_pred: None,
+            had_pred: false,
         }
     }
 
@@ -369,7 +378,7 @@ impl Membership {
             Event::Tick => self.on_tick(now, &mut out),
             Event::Answer { call, reply } => {
                 if let Some(p) = self.calls.remove(&call) {
-                    self.on_answer(now, p, reply, &mut out);
+                    self.on_answer(p, reply, &mut out);
                 }
             }
             Event::Failed { call, failure } => {
@@ -391,6 +400,14 @@ impl Membership {
                 }
             }
             Event::Unreachable { peer, failure } => self.strike(now, &peer, failure, &mut out),
+            Event::ReplicaMissed => {
+                // A push running now may have read the range before the missed write: it
+                // does not count either.
+                self.replicated_for = None;
+                if let Some(r) = self.replication.as_mut() {
+                    r.ok = false;
+                }
+            }
             Event::Leave => self.on_leave(now, &mut out),
         }
         out
@@ -479,7 +496,7 @@ impl Membership {
 
     // ---- answers ----
 
-    fn on_answer(&mut self, now: Millis, purpose: Purpose, reply: Reply, out: &mut Vec<Action>) {
+    fn on_answer(&mut self, purpose: Purpose, reply: Reply, out: &mut Vec<Action>) {
         if let Some(p) = purpose_peer(&purpose) {
             self.strikes.remove(p);
         }
@@ -492,15 +509,15 @@ impl Membership {
             }
             (Purpose::Stabilize(_), _) => self.stabilizing = false,
             (Purpose::CheckJoiner(job), Reply::Neighbors { pred, succs }) => {
-                self.on_joiner_checked(job, pred.is_some(), succs.first() == Some(&self.me), out)
+                self.on_joiner_checked(job, pred, succs.first() == Some(&self.me), out)
             }
-            (Purpose::CheckJoiner(job), _) => self.on_joiner_checked(job, false, false, out),
+            (Purpose::CheckJoiner(job), _) => self.on_joiner_checked(job, None, false, out),
             (Purpose::LeavingSucc(job), Reply::Ack) => self.on_successor_took_over(job, out),
             (Purpose::LeavingSucc(_), _) => self.abort_handoff(out),
             (Purpose::LeavingPred { .. }, _) => out.push(Action::Exit),
-            (Purpose::Probe(peer), Reply::Neighbors { .. }) => self.on_probe_answered(now, peer, out),
+            (Purpose::Probe(peer), Reply::Neighbors { .. }) => self.on_probe_answered(peer, out),
             (Purpose::Probe(peer), _) => self.probe_failed(&peer),
-            (Purpose::MergeLookup(_), Reply::Successor(s)) => self.consider_successor(s, out),
+            (Purpose::MergeLookup(via), Reply::Successor(s)) => self.on_merge_lookup(via, s, out),
             (Purpose::PingPred(_) | Purpose::Notify(_) | Purpose::HandoffDone | Purpose::MergeLookup(_), _) => {
             }
         }
@@ -523,7 +540,7 @@ impl Membership {
                     self.stabilize(out);
                 }
             }
-            Purpose::CheckJoiner(job) => self.on_joiner_checked(job, false, false, out),
+            Purpose::CheckJoiner(job) => self.on_joiner_checked(job, None, false, out),
             Purpose::LeavingSucc(_) => self.abort_handoff(out),
             Purpose::LeavingPred { tries } if tries < TELL_PRED_TRIES => {
                 if let Some(p) = self.leaving_pred.clone() {
@@ -568,11 +585,11 @@ impl Membership {
         let old = self.succs[0].clone();
         let mut succs = vec![from.clone()];
         for p in list.into_iter().take_while(|p| *p != self.me) {
-            if !succs.contains(&p) && !self.lost.contains_key(&p.addr) {
+            if !succs.contains(&p) && !self.unreachable(&p) {
                 succs.push(p);
             }
         }
-        if let Some(x) = x.filter(|x| !self.lost.contains_key(&x.addr)) {
+        if let Some(x) = x.filter(|x| !self.unreachable(x)) {
             if x.id.strictly_between(self.me.id, from.id) && x != self.me {
                 succs.retain(|p| *p != x);
                 succs.insert(0, x);
@@ -618,30 +635,26 @@ impl Membership {
     }
 
     /// The candidate answered (or not): it must name us as its successor, otherwise a notify
-    /// from a stale or made-up address could take a range over with no keys in it.
-    fn on_joiner_checked(&mut self, job: JobId, established: bool, names_us: bool, out: &mut Vec<Action>) {
-        let Some(h) = self.handoff.as_ref().filter(|h| h.job == job && h.stage == Stage::Checking) else {
+    /// from a stale or made-up address could take a range over with no keys in it. It gets
+    /// (our predecessor, cand] copied; with no predecessor known, (its predecessor, cand] when
+    /// it is an established member (after a crash or a merge: what we hold of its range may
+    /// be newer than its copy), everything outside (cand, me] when it is new.
+    fn on_joiner_checked(&mut self, job: JobId, its_pred: Option<Peer>, names_us: bool, out: &mut Vec<Action>) {
+        let Some(h) = self.handoff.as_mut().filter(|h| h.job == job && h.stage == Stage::Checking) else {
             return;
         };
         if !names_us {
             self.handoff = None;
             return;
         }
+        if self.pred.is_none() {
+            if let Some(p) = its_pred.filter(|p| *p != h.to) {
+                h.range = Interval::new(p.id, h.to.id);
+            }
+        }
+        h.stage = Stage::Copying;
         let (to, range, kind) = (h.to.clone(), h.range, h.kind);
         self.forget_lost(&to, out);
-        if established && self.pred.is_none() {
-            // Our predecessor died and an established member rectifies us: it holds its own
-            // keys, and the dead node's range is ours already (we were its replica).
-            self.handoff = None;
-            self.epoch += 1;
-            self.pred = Some(to.clone());
-            out.push(Action::Log(Change::PredecessorChanged { new: to, copied: false }));
-            self.maybe_replicate(out);
-            return;
-        }
-        if let Some(h) = self.handoff.as_mut() {
-            h.stage = Stage::Copying;
-        }
         out.push(Action::Log(Change::HandoffStarted { to: to.clone(), kind }));
         out.push(Action::Copy { job, range, to, kind });
     }
@@ -661,6 +674,7 @@ impl Membership {
             CopyKind::Join => {
                 self.epoch += 1;
                 let old_pred = self.pred.replace(to.clone());
+                self.had_pred = true;
                 if self.is_alone() {
                     self.succs = vec![to];
                 }
@@ -727,9 +741,12 @@ impl Membership {
         }
     }
 
+    /// A newcomer learns its predecessor from the node that handed it its range. A node that
+    /// has had a predecessor ignores the hint: it may hold keys the new one must get, and
+    /// gets them to it through notify and a handoff.
     fn on_predecessor_hint(&mut self, p: Option<Peer>) {
         let Some(p) = p else { return };
-        if self.phase != Phase::Member || p == self.me || self.lost.contains_key(&p.addr) {
+        if self.phase != Phase::Member || p == self.me || self.unreachable(&p) || self.had_pred {
             return;
         }
         let adopt = match &self.pred {
@@ -738,6 +755,7 @@ impl Membership {
         };
         if adopt {
             self.pred = Some(p);
+            self.had_pred = true;
         }
     }
 
@@ -787,6 +805,7 @@ impl Membership {
         if self.pred.as_ref() == Some(node) {
             self.epoch += 1;
             self.pred = its_pred.filter(|p| *p != self.me);
+            self.had_pred = true;
         }
         let mut succs = self.succs.clone();
         if let Some(i) = succs.iter().position(|p| p == node) {
@@ -837,6 +856,8 @@ impl Membership {
             self.abort_handoff(out);
         }
         self.remember_lost(dead.clone(), now);
+        // Writes made from now on miss the dead replica: when it is back, push again.
+        self.replicated_for = None;
         out.push(Action::Log(Change::PeerDead { peer: dead.clone() }));
         self.set_successors(succs, &old, out);
         out.push(Action::Persist(self.saved()));
@@ -846,13 +867,19 @@ impl Membership {
         if self.lost.len() >= MAX_LOST && !self.lost.contains_key(&peer.addr) {
             return;
         }
-        let lost = Lost { peer: peer.clone(), next_probe: now + PROBE_FIRST, backoff: PROBE_FIRST, probing: false };
+        let next_probe = now + PROBE_FIRST;
+        let lost = Lost { peer: peer.clone(), next_probe, backoff: PROBE_FIRST, probing: false, reachable: false };
         self.lost.insert(peer.addr, lost);
+    }
+
+    /// Found unreachable and not heard from directly since: not taken back on a neighbour's
+    /// word.
+    fn unreachable(&self, p: &Peer) -> bool {
+        self.lost.get(&p.addr).is_some_and(|l| !l.reachable)
     }
 
     fn forget_lost(&mut self, peer: &Peer, out: &mut Vec<Action>) {
         if self.lost.remove(&peer.addr).is_some() {
-            out.push(Action::Log(Change::PeerBack { peer: peer.clone() }));
             out.push(Action::Persist(self.saved()));
         }
     }
@@ -863,23 +890,33 @@ impl Membership {
         }
     }
 
-    /// A lost peer answered us directly: it is back. If it is not linked to us, its ring and
-    /// ours may be two: look our own id up in its ring and adopt a closer successor found
-    /// there (the merge then spreads through stabilize and notify).
-    fn on_probe_answered(&mut self, now: Millis, peer: Peer, out: &mut Vec<Action>) {
-        let _ = now;
-        self.forget_lost(&peer, out);
-        if self.phase != Phase::Member || self.succs.contains(&peer) || self.pred.as_ref() == Some(&peer) {
-            return;
+    /// A lost peer answered us directly: it is reachable again. Linked to us, it is simply
+    /// back. Otherwise its ring and ours may be two: look our own id up in its ring.
+    fn on_probe_answered(&mut self, peer: Peer, out: &mut Vec<Action>) {
+        let Some(l) = self.lost.get_mut(&peer.addr) else { return };
+        l.probing = false;
+        if !l.reachable {
+            l.reachable = true;
+            out.push(Action::Log(Change::PeerBack { peer: peer.clone() }));
         }
-        let me = self.me.id;
-        self.call(peer.clone(), Msg::FindSuccessor(me), Purpose::MergeLookup(peer), out);
+        if self.succs.contains(&peer) || self.pred.as_ref() == Some(&peer) {
+            return self.forget_lost(&peer, out);
+        }
+        if self.phase == Phase::Member {
+            let me = self.me.id;
+            self.call(peer.clone(), Msg::FindSuccessor(me), Purpose::MergeLookup(peer), out);
+        }
     }
 
-    /// `s` is the successor of our id in some ring (ours or another): adopt it if it is closer
-    /// than our successor.
-    fn consider_successor(&mut self, s: Peer, out: &mut Vec<Action>) {
-        if s == self.me || self.phase != Phase::Member || self.lost.contains_key(&s.addr) {
+    /// `s` is the successor of our id in `via`'s ring. If that is us (and we are linked), the
+    /// two rings agree and `via` is forgotten; if `s` is closer than our successor, it becomes
+    /// our successor (the merge then spreads through stabilize and notify); otherwise `via` is
+    /// probed again later, until the rings agree.
+    fn on_merge_lookup(&mut self, via: Peer, s: Peer, out: &mut Vec<Action>) {
+        if s == self.me && !self.is_alone() {
+            return self.forget_lost(&via, out);
+        }
+        if s == self.me || self.phase != Phase::Member || self.unreachable(&s) {
             return;
         }
         if self.is_alone() || s.id.strictly_between(self.me.id, self.succs[0].id) {
@@ -904,9 +941,14 @@ impl Membership {
             return;
         }
         let view = self.view();
-        let (Some(range), targets) = (view.owned(), view.replica_peers(wanted)) else { return };
+        let targets = view.replica_peers(wanted);
+        let Some(range) = view.owned().filter(|_| !targets.is_empty()) else {
+            // Writes made now reach fewer replicas than the range will have: push once known.
+            self.replicated_for = None;
+            return;
+        };
         let sig = (range, targets.clone());
-        if targets.is_empty() || self.replicated_for.as_ref() == Some(&sig) {
+        if self.replicated_for.as_ref() == Some(&sig) {
             return;
         }
         let mut jobs = Vec::new();
