@@ -508,10 +508,10 @@ impl Membership {
                 self.on_successor_reply(&target, pred, succs, out);
             }
             (Purpose::Stabilize(_), _) => self.stabilizing = false,
-            (Purpose::CheckJoiner(job), Reply::Neighbors { pred, succs }) => {
-                self.on_joiner_checked(job, pred, succs.first() == Some(&self.me), out)
+            (Purpose::CheckJoiner(job), Reply::Neighbors { succs, .. }) => {
+                self.on_joiner_checked(job, succs.first() == Some(&self.me), out)
             }
-            (Purpose::CheckJoiner(job), _) => self.on_joiner_checked(job, None, false, out),
+            (Purpose::CheckJoiner(job), _) => self.on_joiner_checked(job, false, out),
             (Purpose::LeavingSucc(job), Reply::Ack) => self.on_successor_took_over(job, out),
             (Purpose::LeavingSucc(_), _) => self.abort_handoff(out),
             (Purpose::LeavingPred { .. }, _) => out.push(Action::Exit),
@@ -540,7 +540,7 @@ impl Membership {
                     self.stabilize(out);
                 }
             }
-            Purpose::CheckJoiner(job) => self.on_joiner_checked(job, None, false, out),
+            Purpose::CheckJoiner(job) => self.on_joiner_checked(job, false, out),
             Purpose::LeavingSucc(_) => self.abort_handoff(out),
             Purpose::LeavingPred { tries } if tries < TELL_PRED_TRIES => {
                 if let Some(p) = self.leaving_pred.clone() {
@@ -636,21 +636,16 @@ impl Membership {
 
     /// The candidate answered (or not): it must name us as its successor, otherwise a notify
     /// from a stale or made-up address could take a range over with no keys in it. It gets
-    /// (our predecessor, cand] copied; with no predecessor known, (its predecessor, cand] when
-    /// it is an established member (after a crash or a merge: what we hold of its range may
-    /// be newer than its copy), everything outside (cand, me] when it is new.
-    fn on_joiner_checked(&mut self, job: JobId, its_pred: Option<Peer>, names_us: bool, out: &mut Vec<Action>) {
+    /// (our predecessor, cand] copied; with no predecessor known, everything outside (cand, me]:
+    /// without a predecessor we may have answered for any of it (after a crash, a merge or a
+    /// false suspicion), and the receiver routes what is not its own back to its owners.
+    fn on_joiner_checked(&mut self, job: JobId, names_us: bool, out: &mut Vec<Action>) {
         let Some(h) = self.handoff.as_mut().filter(|h| h.job == job && h.stage == Stage::Checking) else {
             return;
         };
         if !names_us {
             self.handoff = None;
             return;
-        }
-        if self.pred.is_none() {
-            if let Some(p) = its_pred.filter(|p| *p != h.to) {
-                h.range = Interval::new(p.id, h.to.id);
-            }
         }
         h.stage = Stage::Copying;
         let (to, range, kind) = (h.to.clone(), h.range, h.kind);
@@ -951,6 +946,9 @@ impl Membership {
         if self.replicated_for.as_ref() == Some(&sig) {
             return;
         }
+        // Until this push completes, no earlier one counts: writes made meanwhile went to
+        // these targets, not to the old ones, even if the old ones come back.
+        self.replicated_for = None;
         let mut jobs = Vec::new();
         for to in targets {
             let job = self.id();
