@@ -110,6 +110,16 @@ pub enum Error {
     StoreGone,
 }
 
+impl Error {
+    /// Turns a failed call to `to` into this node's error.
+    pub fn from_peer(to: &crate::ring::Peer) -> impl FnOnce(PeerError) -> Error + '_ {
+        move |e| match e {
+            PeerError::Fault(f) => Error::Fault(f),
+            e => Error::Fault(Fault::Unavailable { addr: to.addr.clone(), reason: e.to_string() }),
+        }
+    }
+}
+
 impl From<Error> for Fault {
     fn from(e: Error) -> Fault {
         match e {

@@ -107,9 +107,26 @@ impl Peers {
         }
     }
 
-    /// Records for the peer to keep where newer.
-    pub async fn merge(&self, addr: &str, from: NodeInfo, records: Vec<Record>, timeout: Duration) -> Result<(), PeerError> {
-        self.tell(addr, &Request::Merge { from, records }, timeout).await
+    /// Records for the peer to keep where newer; `handoff`: they come with a range (or a
+    /// write to it) the peer takes over.
+    pub async fn merge(
+        &self,
+        addr: &str,
+        from: NodeInfo,
+        records: Vec<Record>,
+        handoff: bool,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        self.tell(addr, &Request::Merge { from, records, handoff }, timeout).await
+    }
+
+    /// A replication batch over ids (after, upto]; returns what the peer holds there that is
+    /// newer, and whether that is all of it.
+    pub async fn sync(&self, addr: &str, req: Request, timeout: Duration) -> Result<(Vec<Record>, bool), PeerError> {
+        match self.call(addr, &req, timeout).await? {
+            Response::Records { records, complete } => Ok((records, complete)),
+            _ => Err(PeerError::Unexpected),
+        }
     }
 
     async fn call_inner(&self, addr: &str, body: Vec<u8>) -> Result<Response, PeerError> {

@@ -32,6 +32,27 @@ fn failed(fault: Fault, hops: u32) -> KvReply {
 }
 
 impl Node {
+    /// Sends records this node holds but does not own to their owner, each as a write of its
+    /// own version. They came with a handoff from our successor's side, so the request starts
+    /// out addressed and steps back along predecessors (see `View::route`).
+    pub(super) async fn restore(&self, records: Vec<wire::Record>) {
+        for r in records {
+            let deadline_ms = wall_millis() + KV_DEADLINE.as_millis() as u64;
+            let req = KvRequest {
+                key: r.key,
+                op: KvOp::Restore(r.value),
+                hops: 0,
+                addressed: true,
+                version: r.version,
+                deadline_ms,
+            };
+            let reply = self.serve_kv(req).await;
+            if let KvOutcome::Failed(f) = reply.outcome {
+                tracing::debug!(error = %f, "could not send a stray record to its owner");
+            }
+        }
+    }
+
     /// A request from a client of this node: stamps a write's version and the deadline.
     pub(super) async fn client_kv(&self, key: String, op: KvOp) -> KvReply {
         let version = if op == KvOp::Get { 0 } else { self.inner.clock.stamp() };
@@ -119,6 +140,9 @@ impl Node {
             }
             KvOp::Put(v) => Write::Put { id, key, value: v.clone(), version: req.version },
             KvOp::Delete => Write::Delete { id, key, version: req.version },
+            KvOp::Restore(value) => {
+                Write::Merge(crate::lmdb::Record { id, key, version: req.version, value: value.clone() })
+            }
         };
         match self.write_local(id, req, write).await {
             Ok(outcome) => reply(outcome, req.hops, me, req.version),
@@ -134,18 +158,19 @@ impl Node {
         let needed = view.write_quorum().ok_or(Fault::CutOff)?;
         let value = match &req.op {
             KvOp::Put(v) => Some(v.clone()),
+            KvOp::Restore(v) => v.clone(),
             _ => None,
         };
         let rec = wire::Record { key: req.key.clone(), version: req.version, value };
         let replicas = view.replica_peers(view.replicas.saturating_sub(1));
         let (tx, mut acks) = mpsc::channel(replicas.len().max(1));
         for to in replicas {
-            self.send_copy(to, rec.clone(), REPLICATE_TIMEOUT, tx.clone());
+            self.send_copy(to, rec.clone(), false, REPLICATE_TIMEOUT, tx.clone());
         }
         drop(tx);
         let through = view.write_through_for(crate::ring::Id(id)).cloned().map(|w| {
             let (tx, rx) = mpsc::channel(1);
-            self.send_copy(w.to.clone(), rec.clone(), super::transfer::BATCH_TIMEOUT, tx);
+            self.send_copy(w.to.clone(), rec.clone(), true, super::transfer::BATCH_TIMEOUT, tx);
             (w.job, rx)
         });
         let applied = self.inner.storage.write(write).await?;
@@ -172,11 +197,11 @@ impl Node {
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
     /// peer that refuses the connection is reported to the membership task.
-    fn send_copy(&self, to: Peer, rec: wire::Record, timeout: Duration, done: mpsc::Sender<bool>) {
+    fn send_copy(&self, to: Peer, rec: wire::Record, handoff: bool, timeout: Duration, done: mpsc::Sender<bool>) {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             let me = Node::info(&node.inner.me);
-            let result = node.inner.peers.merge(&to.addr, me, vec![rec], timeout).await;
+            let result = node.inner.peers.merge(&to.addr, me, vec![rec], handoff, timeout).await;
             if let Err(e) = &result {
                 tracing::debug!(replica = %to.addr, error = %e, "replica write failed");
                 node.membership_hint(Event::ReplicaMissed);

@@ -42,14 +42,20 @@ impl Node {
                 self.membership_hint(Event::Notified { from: Node::peer_from(&from)? });
                 Ok(Response::Ack)
             }
-            Request::Merge { from, records } => {
+            Request::Merge { from, records, handoff } => {
                 Node::peer_from(&from)?;
-                if self.view().standing == Standing::Departed {
-                    // About to exit: what it stored now would be lost with it.
-                    return Err(Fault::Busy.into());
+                self.refuse_if_departed()?;
+                let applied = self.apply_records(records.clone()).await?;
+                if handoff {
+                    self.route_strays(records, applied);
                 }
-                self.apply_records(records).await?;
                 Ok(Response::Ack)
+            }
+            Request::Sync { from, after, upto, records } => {
+                Node::peer_from(&from)?;
+                self.refuse_if_departed()?;
+                let (records, complete) = self.sync_range(after, upto, records).await?;
+                Ok(Response::Records { records, complete })
             }
             Request::HandoffDone { from, pred } => {
                 let from = Node::peer_from(&from)?;
@@ -60,6 +66,14 @@ impl Node {
             Request::Leaving { node, pred, succ } => self.on_leaving(node, pred, succ).await,
             Request::Status => Ok(Response::Status(self.status())),
         }
+    }
+
+    /// A departed node is about to exit: what it stored now would be lost with it.
+    fn refuse_if_departed(&self) -> Result<()> {
+        if self.view().standing == Standing::Departed {
+            return Err(Fault::Busy.into());
+        }
+        Ok(())
     }
 
     async fn on_leaving(&self, node: NodeInfo, pred: Option<NodeInfo>, succ: NodeInfo) -> Result<Response> {

@@ -28,6 +28,8 @@ impl Node {
     /// progress at most once a second and keeps it current for `/status`.
     pub(super) async fn copy_range(&self, range: Interval, to: &Peer, kind: CopyKind) -> Result<(u64, u64)> {
         let (mut keys, mut bytes, mut resume) = (0u64, 0u64, None);
+        // Replication: ids synced so far, and whether the replica had anything newer.
+        let (mut synced, mut behind) = (range.after, false);
         let (started, mut last_log) = (Instant::now(), Instant::now());
         let span = if range.after == range.upto { u64::MAX } else { range.after.distance_to(range.upto) };
         let mut progress = Progress { to: to.addr.clone(), leaving: kind == CopyKind::Leave, ..Progress::default() };
@@ -42,12 +44,24 @@ impl Node {
             }
             let batch_bytes = scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
             let n = scan.records.len() as u64;
-            if n > 0 {
-                let records = scan.records.into_iter().map(to_wire).collect();
+            let last = scan.records.last().map(|r| Id(r.id));
+            let records: Vec<wire::Record> = scan.records.into_iter().map(to_wire).collect();
+            let sent = if kind == CopyKind::Replicate {
+                // Replication also pulls back what the replica holds newer (after a partition
+                // or a missed write the owner may be behind).
+                let upto = if scan.next.is_none() { range.upto } else { last.unwrap_or(range.upto) };
+                self.sync_batch(to, Interval::new(synced, upto), records).await.map(|pulled| {
+                    synced = upto;
+                    behind |= pulled;
+                })
+            } else if n > 0 {
                 let me = Node::info(&self.inner.me);
-                if let Err(e) = self.inner.peers.merge(&to.addr, me, records, BATCH_TIMEOUT).await {
-                    break Err(Fault::Unavailable { addr: to.addr.clone(), reason: e.to_string() }.into());
-                }
+                self.inner.peers.merge(&to.addr, me, records, true, BATCH_TIMEOUT).await.map_err(Error::from_peer(to))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = sent {
+                break Err(e);
             }
             (keys, bytes) = (keys + n, bytes + batch_bytes);
             self.inner.metrics.handoff_keys.inc_by(n);
@@ -74,7 +88,74 @@ impl Node {
             let ms = started.elapsed().as_millis() as u64;
             tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, ?kind, "range copied");
         }
+        if behind && result.is_ok() {
+            // What came back must reach the other replicas too: the push runs again.
+            return Err(Fault::Busy.into());
+        }
         result
+    }
+
+    /// One replication batch over `ids`; merges what the replica answers with. Returns true if
+    /// it had anything newer.
+    async fn sync_batch(&self, to: &Peer, ids: Interval, records: Vec<wire::Record>) -> Result<bool> {
+        if ids.after == ids.upto && !records.is_empty() {
+            // Two batches met within one id (a hash collision): nothing to ask about.
+            return Ok(false);
+        }
+        let req = wire::Request::Sync { from: Node::info(&self.inner.me), after: ids.after.0, upto: ids.upto.0, records };
+        let (newer, complete) =
+            self.inner.peers.sync(&to.addr, req, BATCH_TIMEOUT).await.map_err(Error::from_peer(to))?;
+        let pulled = !newer.is_empty() || !complete;
+        if !newer.is_empty() {
+            self.apply_records(newer).await?;
+        }
+        Ok(pulled)
+    }
+
+    /// A replication batch from an owner: keeps what is newer and returns what we hold in
+    /// (after, upto] that is newer than what it sent (at most one batch; `complete` false if
+    /// there is more).
+    pub(super) async fn sync_range(
+        &self,
+        after: u64,
+        upto: u64,
+        records: Vec<wire::Record>,
+    ) -> Result<(Vec<wire::Record>, bool)> {
+        let sent: std::collections::HashMap<String, u64> = records.iter().map(|r| (r.key.clone(), r.version)).collect();
+        self.apply_records(records).await?;
+        let (mut newer, mut resume) = (Vec::new(), None);
+        loop {
+            let scan = self.inner.storage.scan(after, upto, resume, wire::BATCH_RECORDS).await?;
+            for r in scan.records {
+                let key = String::from_utf8_lossy(&r.key).into_owned();
+                if sent.get(&key).is_none_or(|v| *v < r.version) {
+                    newer.push(to_wire(r));
+                }
+            }
+            match scan.next {
+                None => return Ok((newer, true)),
+                Some(_) if newer.len() >= wire::BATCH_RECORDS => return Ok((newer, false)),
+                Some(next) => resume = Some(next),
+            }
+        }
+    }
+
+    /// Sends records that came with a handoff but fall outside our range on to their owners,
+    /// where we stored them as new (the owner may not have them).
+    pub(super) fn route_strays(&self, records: Vec<wire::Record>, applied: Vec<Applied>) {
+        let owned = self.view().owned();
+        let strays: Vec<wire::Record> = records
+            .into_iter()
+            .zip(applied)
+            .filter(|(r, a)| {
+                matches!(a, Applied::Stored { .. }) && !owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes())))
+            })
+            .map(|(r, _)| r)
+            .collect();
+        if !strays.is_empty() {
+            let node = self.clone();
+            self.inner.tasks.spawn(async move { node.restore(strays).await });
+        }
     }
 
     /// One handoff-sized batch of `range`, resuming after `resume`.

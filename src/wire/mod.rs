@@ -84,6 +84,9 @@ pub enum KvOp {
     Get,
     Put(#[serde(with = "serde_bytes")] Vec<u8>),
     Delete,
+    /// A record found on a node that does not own it, sent on to its owner with its own
+    /// version (None: a tombstone). Kept where newer, like a handoff.
+    Restore(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
 }
 
 /// A client's get/put/delete on its way to the owner.
@@ -167,9 +170,20 @@ pub enum Request {
     Notify {
         from: NodeInfo,
     },
-    /// Records to keep if newer: a handoff batch, or a write made while a handoff runs.
+    /// Records to keep if newer: a replica's copy of a write, or (`handoff`) a handoff batch or
+    /// a write made while a handoff runs, whose records the receiver routes on to their owners
+    /// when they are not its own.
     Merge {
         from: NodeInfo,
+        records: Vec<Record>,
+        handoff: bool,
+    },
+    /// A replication batch covering ids (after, upto]: keep what is newer, and answer with
+    /// what you hold there that is newer than what was sent (or was not sent at all).
+    Sync {
+        from: NodeInfo,
+        after: u64,
+        upto: u64,
         records: Vec<Record>,
     },
     /// A handoff to the receiver is complete; `pred` precedes the receiver now.
@@ -211,6 +225,11 @@ pub enum Response {
     Status(Status),
     /// The request was accepted (or, for Notify and HandoffDone, considered).
     Ack,
+    /// A `Sync`'s answer; `complete` is false when there was more than one batch holds.
+    Records {
+        records: Vec<Record>,
+        complete: bool,
+    },
     /// The call failed at the receiver.
     Fault(Fault),
 }

@@ -10,9 +10,16 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    let op = prop_oneof![Just(KvOp::Get), bytes().prop_map(KvOp::Put), Just(KvOp::Delete)];
-    let record = (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
-        .prop_map(|(key, version, value)| Record { key, version, value });
+    let op = prop_oneof![
+        Just(KvOp::Get),
+        bytes().prop_map(KvOp::Put),
+        Just(KvOp::Delete),
+        proptest::option::of(bytes()).prop_map(KvOp::Restore)
+    ];
+    let record = || {
+        (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
+            .prop_map(|(key, version, value)| Record { key, version, value })
+    };
     prop_oneof![
         (".{0,32}", op, any::<u32>(), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
             |(key, op, hops, addressed, version, deadline_ms)| {
@@ -22,8 +29,10 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<u32>()).prop_map(|(id, hops)| Request::FindSuccessor { id, hops }),
         Just(Request::Neighbors),
         node().prop_map(|from| Request::Notify { from }),
-        (node(), proptest::collection::vec(record, 0..8))
-            .prop_map(|(from, records)| Request::Merge { from, records }),
+        (node(), proptest::collection::vec(record(), 0..8), any::<bool>())
+            .prop_map(|(from, records, handoff)| Request::Merge { from, records, handoff }),
+        (node(), any::<u64>(), any::<u64>(), proptest::collection::vec(record(), 0..8))
+            .prop_map(|(from, after, upto, records)| Request::Sync { from, after, upto, records }),
         (node(), proptest::option::of(node())).prop_map(|(from, pred)| Request::HandoffDone { from, pred }),
         (node(), proptest::option::of(node()), node()).prop_map(|(node, pred, succ)| Request::Leaving {
             node,
@@ -54,6 +63,12 @@ fn response() -> impl Strategy<Value = Response> {
         (node(), proptest::option::of(node()), node(), any::<u64>())
             .prop_map(|(me, pred, succ, keys)| Response::Status(Status { me, pred, succ, keys })),
         Just(Response::Ack),
+        (proptest::collection::vec(
+            (".{0,8}", any::<u64>(), proptest::option::of(bytes()))
+                .prop_map(|(key, version, value)| Record { key, version, value }),
+            0..4
+        ), any::<bool>())
+            .prop_map(|(records, complete)| Response::Records { records, complete }),
         Just(Response::Fault(Fault::Busy)),
     ]
 }
@@ -125,9 +140,10 @@ fn golden_bytes() {
                     Record { key: "a".into(), version: 7, value: Some(vec![1, 2]) },
                     Record { key: "b".into(), version: 8, value: None },
                 ],
+                handoff: true,
             }
             .encode(),
-            "03040e3132372e302e302e313a383030308202020161070102010201620800",
+            "03040e3132372e302e302e313a38303030820202016107010201020162080001",
         ),
         (
             Response::Kv(KvReply {
