@@ -16,8 +16,8 @@
 //! fraction of packets; no scenario uses it yet), and loopback crashes (`tests/crash.rs`).
 //!
 //! Needs root, `ip` (iproute2), `iptables` (or `iptables-legacy`) and `bash`; without them a
-//! test prints `SKIPPED` and passes, unless `CI` is set. Run the scenarios with
-//! `cargo test --test partition -- --ignored --nocapture --test-threads 1`.
+//! test prints `SKIPPED` and passes, unless `CI` is set. Run the scenarios with their figures
+//! with `cargo test --test partition -- --nocapture --test-threads 1`.
 
 mod common;
 
@@ -706,7 +706,6 @@ impl Run {
 
 /// Scenario 1: one node cut off from the other four for `PARTITION_HOLD`, then healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs partition healing (issue 14)"]
 async fn an_isolated_node_rejoins_one_ring_and_acknowledged_nothing() {
     let Some(mut run) = Run::start("isolate").await else { return };
     let v = 2;
@@ -721,7 +720,6 @@ async fn an_isolated_node_rejoins_one_ring_and_acknowledged_nothing() {
 
 /// Scenario 2: two ring-adjacent nodes split from the other three, then healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs partition healing (issue 14)"]
 async fn a_two_three_split_heals_into_one_ring() {
     let Some(mut run) = Run::start("split").await else { return };
     let order = ring_order(&run.cluster.nodes);
@@ -738,7 +736,6 @@ async fn a_two_three_split_heals_into_one_ring() {
 /// Scenario 3: a bridge. A sees B, B sees C, A does not see C (A, B, C consecutive on the
 /// ring, so the cut link is a replication link of A's range); the issue's write targets apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs partition healing (issue 14)"]
 async fn a_bridge_keeps_writes_flowing() {
     let Some(mut run) = Run::start("bridge").await else { return };
     let order = ring_order(&run.cluster.nodes);
@@ -756,7 +753,6 @@ async fn a_bridge_keeps_writes_flowing() {
 /// Scenario 4: the link between a node and its ring successor cut, with writes of a key the
 /// successor owns sent only to the node (which must forward them over the cut link).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs partition healing (issue 14)"]
 async fn a_cut_link_to_the_successor_loses_no_forwarded_write() {
     let Some(mut run) = Run::start("succ").await else { return };
     let a = 1;
@@ -781,7 +777,6 @@ async fn a_cut_link_to_the_successor_loses_no_forwarded_write() {
 /// Scenario 5: a node isolated, SIGKILLed while cut off, healed, and restarted with the same
 /// data dir and address; the ring deadline counts from the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs partition healing (issue 14)"]
 async fn an_isolated_node_killed_and_restarted_rejoins() {
     let Some(mut run) = Run::start("restart").await else { return };
     let v = 3;

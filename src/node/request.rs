@@ -197,7 +197,7 @@ impl Node {
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
     /// peer that refuses the connection is reported to the membership task.
-    fn send_copy(&self, to: Peer, rec: wire::Record, handoff: bool, timeout: Duration, done: mpsc::Sender<bool>) {
+    pub(super) fn send_copy(&self, to: Peer, rec: wire::Record, handoff: bool, timeout: Duration, done: mpsc::Sender<bool>) {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             let me = Node::info(&node.inner.me);

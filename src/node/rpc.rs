@@ -47,7 +47,7 @@ impl Node {
                 self.refuse_if_departed()?;
                 let applied = self.apply_records(records.clone()).await?;
                 if handoff {
-                    self.route_strays(records, applied);
+                    self.settle_handoff(records, applied);
                 }
                 Ok(Response::Ack)
             }

@@ -140,18 +140,24 @@ impl Node {
         }
     }
 
-    /// Sends records that came with a handoff but fall outside our range on to their owners,
-    /// where we stored them as new (the owner may not have them).
-    pub(super) fn route_strays(&self, records: Vec<wire::Record>, applied: Vec<Applied>) {
-        let owned = self.view().owned();
-        let strays: Vec<wire::Record> = records
+    /// Records that came with a handoff and were new here: those outside our range go on to
+    /// their owners (the owner may not have them); those inside go to our replicas (we may
+    /// have taken the range over, and pushed it, before they came).
+    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>) {
+        let view = self.view();
+        let owned = view.owned();
+        let (mine, strays): (Vec<wire::Record>, Vec<wire::Record>) = records
             .into_iter()
             .zip(applied)
-            .filter(|(r, a)| {
-                matches!(a, Applied::Stored { .. }) && !owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes())))
-            })
+            .filter(|(_, a)| matches!(a, Applied::Stored { .. }))
             .map(|(r, _)| r)
-            .collect();
+            .partition(|r| owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes()))));
+        for r in mine {
+            for to in view.replica_peers(view.replicas.saturating_sub(1)) {
+                let (done, _) = tokio::sync::mpsc::channel(1);
+                self.send_copy(to, r.clone(), false, BATCH_TIMEOUT, done);
+            }
+        }
         if !strays.is_empty() {
             let node = self.clone();
             self.inner.tasks.spawn(async move { node.restore(strays).await });
@@ -201,4 +207,5 @@ impl Node {
             Error::Fault(Fault::VersionAhead(v))
         })
     }
+
 }

@@ -383,22 +383,18 @@ impl Sim {
                     .filter(|(k, r)| sync && range.contains(key_of(**k)) && sent.get(k).is_none_or(|s| *r > s))
                     .map(|(k, r)| (*k, *r))
                     .collect();
-                let mut strays = Vec::new();
+                let mut changed = Vec::new();
                 if ok {
-                    let owned = n.m.view().owned();
                     for (k, r) in records {
-                        let changed = n.store.get(&k).is_none_or(|old| r > *old);
-                        merge(&mut n.store, k, r);
-                        if changed && !sync && !owned.is_some_and(|o| o.contains(key_of(k))) {
-                            strays.push((k, r));
+                        if n.store.get(&k).is_none_or(|old| r > *old) {
+                            changed.push((k, r));
                         }
+                        merge(&mut n.store, k, r);
                     }
                 }
                 self.send(&to, &from, Payload::BatchAck { job, ok, newer });
-                // A handoff brought records this node does not own and had older: their owner
-                // may not have them. Send each there as a write of its own version.
-                for (k, r) in strays {
-                    self.route_write(&to, k, r, false);
+                if !sync {
+                    self.settle_handoff(&to, changed);
                 }
             }
             Payload::BatchAck { job, ok, newer } => {
@@ -421,8 +417,8 @@ impl Sim {
                     let changed = n.store.get(&key).is_none_or(|old| rec > *old);
                     merge(&mut n.store, key, rec);
                     self.send(&to, &from, Payload::ReplicaAck { write });
-                    if handoff && changed && !view.owned().is_some_and(|o| o.contains(key_of(key))) {
-                        self.route_write(&to, key, rec, false);
+                    if handoff && changed {
+                        self.settle_handoff(&to, vec![(key, rec)]);
                     }
                 }
             }
@@ -430,6 +426,20 @@ impl Sim {
                 if self.nodes.get_mut(&to).is_some_and(|n| n.unacked.remove(&(write, from.clone()))) {
                     self.replica_acked(&to, write);
                 }
+            }
+        }
+    }
+
+    /// Records a handoff brought that were new here: those this node does not own go on to
+    /// their owner (as writes of their own version); those it owns go to its replicas (it may
+    /// have taken the range over already and pushed it before they came).
+    fn settle_handoff(&mut self, at: &str, changed: Vec<(u64, Rec)>) {
+        let owned = self.nodes[at].m.view().owned();
+        for (k, r) in changed {
+            if owned.is_some_and(|o| o.contains(key_of(k))) {
+                self.owner_write(at, k, r, false);
+            } else {
+                self.route_write(at, k, r, false);
             }
         }
     }
