@@ -371,6 +371,17 @@ impl Store {
         Ok(purged)
     }
 
+    /// Removes every record and tombstone (meta entries stay).
+    pub fn clear_records(&self) -> Result<()> {
+        let mut txn = self.env.write_txn()?;
+        self.records.clear(&mut txn)?;
+        self.tombs.clear(&mut txn)?;
+        txn.commit()?;
+        self.live.store(0, Ordering::Relaxed);
+        self.live_bytes.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// A small piece of node state kept across restarts (e.g. the last known successor).
     pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let rtxn = self.env.read_txn()?;

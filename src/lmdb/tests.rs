@@ -164,3 +164,17 @@ proptest! {
         prop_assert_eq!(scan_all(&s, a, b, batch), expect);
     }
 }
+
+#[test]
+fn clearing_removes_records_and_tombstones_but_keeps_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.apply(&[put(1, "a", "x", 10), put(2, "b", "y", 10)]).unwrap();
+    s.apply(&[Write::Delete { id: 2, key: b"b".to_vec(), version: 11 }]).unwrap();
+    s.meta_put("successor", b"n1").unwrap();
+    s.clear_records().unwrap();
+    assert_eq!(s.get(1, b"a").unwrap(), None);
+    assert_eq!(s.get(2, b"b").unwrap(), None, "the tombstone is gone too");
+    assert_eq!(s.live_keys(), 0);
+    assert_eq!(s.meta_get("successor").unwrap().as_deref(), Some(&b"n1"[..]));
+}

@@ -39,6 +39,20 @@ pub(super) async fn load_saved(storage: &super::storage::Storage) -> Saved {
     Saved { successor, lost }
 }
 
+/// A node whose last contact with a whole ring is older than `ring::FORGET_AFTER` has been
+/// forgotten by its peers, which may have purged tombstones of keys it still holds: it
+/// discards its records before joining, so a deleted key cannot come back through it.
+pub(super) async fn discard_if_stale(storage: &super::storage::Storage) -> Result<(), StartError> {
+    let meta = storage.meta_get(super::storage::MEMBER_AT_META).await.ok().flatten();
+    let Some(at) = meta.and_then(|b| String::from_utf8(b).ok()?.parse::<u64>().ok()) else { return Ok(()) };
+    let away = super::clock::wall_millis().saturating_sub(at);
+    if away > crate::ring::FORGET_AFTER {
+        tracing::warn!(away_s = away / 1000, "away longer than the purge horizon: discarding old records");
+        storage.clear().await.map_err(|e| StartError::Io(std::io::Error::other(e.to_string())))?;
+    }
+    Ok(())
+}
+
 struct Executor {
     node: Node,
     tickets: HashMap<Ticket, oneshot::Sender<bool>>,

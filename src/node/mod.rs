@@ -120,6 +120,7 @@ impl Node {
         if key.is_none() {
             tracing::warn!(node = %config.advertise, "no cluster key: node-to-node calls are not authenticated");
         }
+        membership::discard_if_stale(&storage).await?;
         let saved = membership::load_saved(&storage).await;
         let seeds: Vec<String> = config.bootstrap.iter().cloned().collect();
         let machine = Membership::start(me.clone(), config.settings(), seeds, saved, 0);
@@ -204,7 +205,7 @@ impl Node {
 pub async fn serve(listener: TcpListener, node: Node, shutdown: CancellationToken) {
     let inner = &node.inner;
     inner.tasks.spawn(http::accept_loop(listener, node.clone(), inner.halt.clone()));
-    inner.tasks.spawn(storage::purge_loop(inner.storage.clone(), inner.halt.clone()));
+    inner.tasks.spawn(storage::purge_loop(inner.storage.clone(), inner.view.clone(), inner.halt.clone()));
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = inner.leave.cancelled() => {}

@@ -8,11 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{Error, Result, StartError};
 use crate::lmdb::{Applied, Record, Scan, Store, Write};
+use crate::ring::{Standing, View};
 
 /// Writes waiting for the writer thread. When full, writers wait (backpressure) instead of
 /// queueing without bound; 4096 is several commits' worth at the batch size below.
@@ -110,6 +111,11 @@ impl Storage {
         Ok(out)
     }
 
+    /// Removes every record (the node was away too long for its data to be trusted).
+    pub async fn clear(&self) -> Result<()> {
+        self.blocking(|s| s.clear_records()).await
+    }
+
     pub async fn meta_get(&self, name: &'static str) -> Result<Option<Vec<u8>>> {
         self.blocking(move |s| s.meta_get(name)).await
     }
@@ -148,14 +154,28 @@ fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Purges tombstones older than `TOMBSTONE_TTL` every `PURGE_EVERY` until `halt`.
-pub async fn purge_loop(storage: Storage, halt: CancellationToken) {
+/// Meta entry: the last time (Unix ms) this node was a member in touch with all its peers.
+pub const MEMBER_AT_META: &str = "member_at";
+
+/// Every `PURGE_EVERY` until `halt`: notes that the node is a member in touch with every peer
+/// it knows of (`MEMBER_AT_META`), and only then purges tombstones older than
+/// `TOMBSTONE_TTL`. While a peer is unreachable the ring may be split, and a delete purged on
+/// one side could be undone by the other side's older value when they meet.
+pub async fn purge_loop(storage: Storage, view: watch::Receiver<Arc<View>>, halt: CancellationToken) {
     let mut tick = tokio::time::interval(PURGE_EVERY);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = halt.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let v = view.borrow().clone();
+        if v.standing != Standing::Member || v.cut_off || v.unreachable > 0 {
+            continue;
+        }
+        let now = super::clock::wall_millis().to_string().into_bytes();
+        if let Err(e) = storage.meta_put(MEMBER_AT_META, now).await {
+            tracing::warn!(error = %e, "could not note membership time");
         }
         let before = super::clock::wall_micros().saturating_sub(TOMBSTONE_TTL.as_micros() as u64);
         match storage.blocking(move |s| s.purge_tombstones(before, PURGE_BATCH)).await {

@@ -44,6 +44,9 @@ pub const MAX_LOST: usize = 64;
 pub const PROBE_FIRST: Millis = 200;
 /// Longest wait between two probes of a lost peer: a healed partition is noticed within this.
 pub const PROBE_MAX: Millis = 2_000;
+/// A lost peer unreachable for this long is forgotten: it is treated as gone for good (it
+/// discards its data if it ever restarts, see `Saved`), and tombstones may be purged again.
+pub const FORGET_AFTER: Millis = 24 * 3600 * 1000;
 /// Tries to tell the predecessor that we left before exiting anyway.
 const TELL_PRED_TRIES: u32 = 5;
 
@@ -239,6 +242,8 @@ struct Lost {
     probing: bool,
     /// It answered us directly since: no longer filtered out of what neighbours tell us.
     reachable: bool,
+    /// When it was last found unreachable.
+    since: Millis,
 }
 
 /// (owned range, replica targets): what a completed replication push was for.
@@ -341,6 +346,7 @@ impl Membership {
             write_through: write_through.map(|h| WriteThrough { job: h.job, range: h.range, to: h.to.clone() }),
             replicas: self.settings.replicas,
             cut_off: self.is_alone() && !self.lost.is_empty(),
+            unreachable: self.lost.values().filter(|l| !l.reachable).count(),
         }
     }
 
@@ -478,6 +484,11 @@ impl Membership {
     }
 
     fn probe_lost(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let before = self.lost.len();
+        self.lost.retain(|_, l| l.reachable || now.saturating_sub(l.since) < FORGET_AFTER);
+        if self.lost.len() != before {
+            out.push(Action::Persist(self.saved()));
+        }
         let due: Vec<Peer> = self
             .lost
             .values_mut()
@@ -863,7 +874,8 @@ impl Membership {
             return;
         }
         let next_probe = now + PROBE_FIRST;
-        let lost = Lost { peer: peer.clone(), next_probe, backoff: PROBE_FIRST, probing: false, reachable: false };
+        let lost =
+            Lost { peer: peer.clone(), next_probe, backoff: PROBE_FIRST, probing: false, reachable: false, since: now };
         self.lost.insert(peer.addr, lost);
     }
 

@@ -21,7 +21,7 @@ mod view;
 pub use id::{key_id, node_id, owner_of, Id, Interval};
 pub use membership::{
     Action, CallId, Change, CopyKind, Event, Failure, JobId, Membership, Millis, Msg, Reply, Saved, Settings,
-    Ticket, MAX_LOST, PROBE_FIRST, PROBE_MAX,
+    Ticket, FORGET_AFTER, MAX_LOST, PROBE_FIRST, PROBE_MAX,
 };
 pub use view::{FindStep, Peer, Route, Standing, View, WriteThrough};
 

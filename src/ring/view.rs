@@ -85,6 +85,10 @@ pub struct View {
     /// Alone after having had peers that were lost, not left: cut off by a partition or by
     /// their crash. Such a node refuses writes (it cannot make a quorum).
     pub cut_off: bool,
+    /// Peers this node lost and has not heard from since: while there are any, the ring may
+    /// be split, and tombstones are kept (a side that purged a delete could otherwise meet a
+    /// side still holding the value).
+    pub unreachable: usize,
 }
 
 impl View {
@@ -99,6 +103,7 @@ impl View {
             write_through: None,
             replicas,
             cut_off: false,
+            unreachable: 0,
         }
     }
 
