@@ -61,74 +61,29 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
-        let forwarded = Counter::default();
-        registry.register(
-            "forwarded_requests",
-            "Client requests this node forwarded to a peer",
-            forwarded.clone(),
-        );
         let hops = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
-        registry.register(
-            "request_hops",
-            "Forwards per client request, seen by the node first asked",
-            hops.clone(),
-        );
-        let keys = Gauge::default();
-        registry.register("stored_keys", "Live keys in this node's store", keys.clone());
-        let bytes = Gauge::default();
-        registry.register(
-            "stored_bytes",
-            "Bytes of live keys and values in this node's store",
-            bytes.clone(),
-        );
-        let handoff_keys = Counter::default();
-        registry.register("handoff_keys", "Records sent to other nodes by handoffs", handoff_keys.clone());
-        let handoff_bytes = Counter::default();
-        registry.register("handoff_bytes", "Bytes sent to other nodes by handoffs", handoff_bytes.clone());
-        let stabilize_rounds = Counter::default();
-        registry.register("stabilize_rounds", "Stabilize rounds run", stabilize_rounds.clone());
-        let peer_failures = Counter::default();
-        registry.register(
-            "peer_call_failures",
-            "Calls to peers that failed or timed out",
-            peer_failures.clone(),
-        );
-        let successors = Gauge::default();
-        registry.register(
-            "successor_list_length",
-            "Entries in this node's successor list",
-            successors.clone(),
-        );
-        let peers_lost = Counter::default();
-        registry.register("peers_lost", "Peers declared unreachable and dropped from the ring", peers_lost.clone());
-        let versions_refused = Counter::default();
-        registry.register(
-            "versions_refused",
-            "Records refused because their version was too far ahead of this node's clock",
-            versions_refused.clone(),
-        );
-        let late_requests = Counter::default();
-        registry.register(
-            "late_requests",
-            "Forwarded requests dropped because their deadline had passed",
-            late_requests.clone(),
-        );
+        registry.register("request_hops", "Forwards per client request, seen by the node first asked", hops.clone());
+        let r = &mut registry;
         Metrics {
-            peers_lost,
-            versions_refused,
-            late_requests,
-            registry,
             requests,
             latency,
-            forwarded,
             hops,
-            keys,
-            bytes,
-            handoff_keys,
-            handoff_bytes,
-            stabilize_rounds,
-            peer_failures,
-            successors,
+            forwarded: counter(r, "forwarded_requests", "Client requests this node forwarded to a peer"),
+            keys: gauge(r, "stored_keys", "Live keys in this node's store"),
+            bytes: gauge(r, "stored_bytes", "Bytes of live keys and values in this node's store"),
+            handoff_keys: counter(r, "handoff_keys", "Records sent to other nodes by handoffs and replication"),
+            handoff_bytes: counter(r, "handoff_bytes", "Bytes sent to other nodes by handoffs and replication"),
+            stabilize_rounds: counter(r, "stabilize_rounds", "Stabilize rounds run"),
+            peer_failures: counter(r, "peer_call_failures", "Calls to peers that failed or timed out"),
+            successors: gauge(r, "successor_list_length", "Entries in this node's successor list"),
+            peers_lost: counter(r, "peers_lost", "Peers declared unreachable and dropped from the ring"),
+            versions_refused: counter(
+                r,
+                "versions_refused",
+                "Records refused because their version was too far ahead of this node's clock",
+            ),
+            late_requests: counter(r, "late_requests", "Forwarded requests dropped because their deadline had passed"),
+            registry,
         }
     }
 
@@ -144,4 +99,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.clone());
+    g
 }

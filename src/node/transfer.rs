@@ -23,76 +23,96 @@ fn to_wire(r: Record) -> wire::Record {
     wire::Record { key: String::from_utf8_lossy(&r.key).into_owned(), version: r.version, value: r.value }
 }
 
+/// One range copy under way.
+struct Copy<'a> {
+    range: Interval,
+    to: &'a Peer,
+    kind: CopyKind,
+    /// Ids synced so far (replication), and whether the replica had anything newer.
+    synced: Id,
+    behind: bool,
+    span: u64,
+    progress: Progress,
+    /// Shown in `/status` (handoffs always; a replication push only when nothing else is).
+    shown: bool,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl<'a> Copy<'a> {
+    fn new(range: Interval, to: &'a Peer, kind: CopyKind, idle: bool) -> Copy<'a> {
+        let span = if range.after == range.upto { u64::MAX } else { range.after.distance_to(range.upto) };
+        let progress = Progress { to: to.addr.clone(), leaving: kind == CopyKind::Leave, ..Progress::default() };
+        let shown = kind != CopyKind::Replicate || idle;
+        let now = Instant::now();
+        Copy { range, to, kind, synced: range.after, behind: false, span, progress, shown, started: now, last_log: now }
+    }
+}
+
 impl Node {
     /// Sends every record of `range` to `to` in batches; returns (records, bytes) sent. Logs
-    /// progress at most once a second and keeps it current for `/status`.
+    /// progress at most once a second and keeps it current for `/status`. Replication also
+    /// pulls back what the replica holds newer, and fails (to run again) if there was any.
     pub(super) async fn copy_range(&self, range: Interval, to: &Peer, kind: CopyKind) -> Result<(u64, u64)> {
-        let (mut keys, mut bytes, mut resume) = (0u64, 0u64, None);
-        // Replication: ids synced so far, and whether the replica had anything newer.
-        let (mut synced, mut behind) = (range.after, false);
-        let (started, mut last_log) = (Instant::now(), Instant::now());
-        let span = if range.after == range.upto { u64::MAX } else { range.after.distance_to(range.upto) };
-        let mut progress = Progress { to: to.addr.clone(), leaving: kind == CopyKind::Leave, ..Progress::default() };
-        let shown = kind != CopyKind::Replicate || self.progress().is_none();
-        let result = loop {
-            let scan = match self.scan_batch(range, resume).await {
-                Ok(scan) => scan,
-                Err(e) => break Err(e),
-            };
-            if let Some(last) = scan.records.last() {
-                progress.percent = 100.0 * range.after.distance_to(Id(last.id)) as f64 / span as f64;
-            }
-            let batch_bytes = scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
-            let n = scan.records.len() as u64;
-            let last = scan.records.last().map(|r| Id(r.id));
-            let records: Vec<wire::Record> = scan.records.into_iter().map(to_wire).collect();
-            let sent = if kind == CopyKind::Replicate {
-                // Replication also pulls back what the replica holds newer (after a partition
-                // or a missed write the owner may be behind).
-                let upto = if scan.next.is_none() { range.upto } else { last.unwrap_or(range.upto) };
-                self.sync_batch(to, Interval::new(synced, upto), records).await.map(|pulled| {
-                    synced = upto;
-                    behind |= pulled;
-                })
-            } else if n > 0 {
-                let me = Node::info(&self.inner.me);
-                self.inner.peers.merge(&to.addr, me, records, true, BATCH_TIMEOUT).await.map_err(Error::from_peer(to))
-            } else {
-                Ok(())
-            };
-            if let Err(e) = sent {
-                break Err(e);
-            }
-            (keys, bytes) = (keys + n, bytes + batch_bytes);
-            self.inner.metrics.handoff_keys.inc_by(n);
-            self.inner.metrics.handoff_bytes.inc_by(batch_bytes);
-            progress = Progress { keys, bytes, ..progress };
-            if shown {
-                self.set_progress(Some(progress.clone()));
-            }
-            if last_log.elapsed() >= LOG_EVERY {
-                let rate = (keys as f64 / started.elapsed().as_secs_f64()) as u64;
-                let percent = format!("{:.1}", progress.percent);
-                tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, percent, keys_per_s = rate, ?kind, "copy in progress");
-                last_log = Instant::now();
-            }
-            match scan.next {
-                Some(next) => resume = Some(next),
-                None => break Ok((keys, bytes)),
-            }
-        };
-        if shown {
+        let mut copy = Copy::new(range, to, kind, self.progress().is_none());
+        let result = self.copy_batches(&mut copy).await;
+        if copy.shown {
             self.set_progress(None);
         }
-        if let Ok((keys, bytes)) = result {
-            let ms = started.elapsed().as_millis() as u64;
-            tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, ?kind, "range copied");
-        }
-        if behind && result.is_ok() {
+        let (keys, bytes) = result?;
+        let ms = copy.started.elapsed().as_millis() as u64;
+        tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, ?kind, "range copied");
+        if copy.behind {
             // What came back must reach the other replicas too: the push runs again.
             return Err(Fault::Busy.into());
         }
-        result
+        Ok((keys, bytes))
+    }
+
+    async fn copy_batches(&self, c: &mut Copy<'_>) -> Result<(u64, u64)> {
+        let mut resume = None;
+        loop {
+            let scan = self.scan_batch(c.range, resume).await?;
+            let last = scan.records.last().map(|r| Id(r.id));
+            let batch_bytes = scan.records.iter().map(|r| r.size() as u64).sum::<u64>();
+            let n = scan.records.len() as u64;
+            let records: Vec<wire::Record> = scan.records.into_iter().map(to_wire).collect();
+            if c.kind == CopyKind::Replicate {
+                let upto = if scan.next.is_none() { c.range.upto } else { last.unwrap_or(c.range.upto) };
+                c.behind |= self.sync_batch(c.to, Interval::new(c.synced, upto), records).await?;
+                c.synced = upto;
+            } else if n > 0 {
+                let me = Node::info(&self.inner.me);
+                let merged = self.inner.peers.merge(&c.to.addr, me, records, true, BATCH_TIMEOUT).await;
+                merged.map_err(Error::from_peer(c.to))?;
+            }
+            self.copied(c, n, batch_bytes, last);
+            match scan.next {
+                Some(next) => resume = Some(next),
+                None => return Ok((c.progress.keys, c.progress.bytes)),
+            }
+        }
+    }
+
+    /// Counts a batch sent, shows the progress, and logs it at most once a second.
+    fn copied(&self, c: &mut Copy<'_>, n: u64, bytes: u64, last: Option<Id>) {
+        self.inner.metrics.handoff_keys.inc_by(n);
+        self.inner.metrics.handoff_bytes.inc_by(bytes);
+        c.progress.keys += n;
+        c.progress.bytes += bytes;
+        if let Some(last) = last {
+            c.progress.percent = 100.0 * c.range.after.distance_to(last) as f64 / c.span as f64;
+        }
+        if c.shown {
+            self.set_progress(Some(c.progress.clone()));
+        }
+        if c.last_log.elapsed() >= LOG_EVERY {
+            let Progress { keys, bytes, percent, .. } = c.progress;
+            let rate = (keys as f64 / c.started.elapsed().as_secs_f64()) as u64;
+            let (to, kind, percent) = (&c.to.addr, c.kind, format!("{percent:.1}"));
+            tracing::info!(node = %self.inner.me.addr, %to, keys, bytes, percent, keys_per_s = rate, ?kind, "copy in progress");
+            c.last_log = Instant::now();
+        }
     }
 
     /// One replication batch over `ids`; merges what the replica answers with. Returns true if
