@@ -131,7 +131,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let evil_merge = Request::Merge {
         from: NodeInfo { addr: a.clone(), id: sdht::ring::node_id(&a).0 },
         records: vec![Record { key: "key-2".into(), version: u64::MAX, value: Some(b"evil".to_vec()) }],
-        handoff: false,
+        kind: sdht::wire::MergeKind::Replica,
     }
     .encode();
     let forged_from = Request::Notify { from: NodeInfo { addr: "127.0.0.1:1".into(), id: 42 } }.encode();
@@ -140,7 +140,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         records: (0..=sdht::wire::BATCH_RECORDS)
             .map(|i| Record { key: format!("key-{i}"), version: u64::MAX, value: Some(b"evil".to_vec()) })
             .collect(),
-        handoff: false,
+        kind: sdht::wire::MergeKind::Replica,
     }
     .encode();
     let mut wrong_version = Request::Neighbors.encode();

@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::PeerError;
-use crate::wire::{KvReply, KvRequest, Message, NodeInfo, Record, Request, Response, Status};
+use crate::wire::{KvReply, KvRequest, MergeKind, Message, NodeInfo, Record, Request, Response, Status};
 
 /// How long an idle pooled connection to a peer stays open: below the server's 10 s header
 /// timeout, so the client drops an idle connection before the server closes it under a
@@ -107,17 +107,16 @@ impl Peers {
         }
     }
 
-    /// Records for the peer to keep where newer; `handoff`: they come with a range (or a
-    /// write to it) the peer takes over.
+    /// Records for the peer to keep where newer.
     pub async fn merge(
         &self,
         addr: &str,
         from: NodeInfo,
         records: Vec<Record>,
-        handoff: bool,
+        kind: MergeKind,
         timeout: Duration,
     ) -> Result<(), PeerError> {
-        self.tell(addr, &Request::Merge { from, records, handoff }, timeout).await
+        self.tell(addr, &Request::Merge { from, records, kind }, timeout).await
     }
 
     /// A replication batch over ids (after, upto]; returns what the peer holds there that is

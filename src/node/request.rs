@@ -14,7 +14,7 @@ use super::error::{PeerError, Result};
 use super::Node;
 use crate::lmdb::{Applied, Write};
 use crate::ring::{key_id, Event, Peer, Route, Standing, View};
-use crate::wire::{self, Fault, KvOp, KvOutcome, KvReply, KvRequest};
+use crate::wire::{self, Fault, KvOp, KvOutcome, KvReply, KvRequest, MergeKind};
 
 /// How long a client request may take from the node first asked to its owner and back. A
 /// forward left hanging on a cut link must not land much later and overwrite newer writes:
@@ -165,12 +165,12 @@ impl Node {
         let replicas = view.replica_peers(view.replicas.saturating_sub(1));
         let (tx, mut acks) = mpsc::channel(replicas.len().max(1));
         for to in replicas {
-            self.send_copy(to, rec.clone(), false, REPLICATE_TIMEOUT, tx.clone());
+            self.send_copy(to, rec.clone(), MergeKind::Replica, REPLICATE_TIMEOUT, tx.clone());
         }
         drop(tx);
         let through = view.write_through_for(crate::ring::Id(id)).cloned().map(|w| {
             let (tx, rx) = mpsc::channel(1);
-            self.send_copy(w.to.clone(), rec.clone(), true, super::transfer::BATCH_TIMEOUT, tx);
+            self.send_copy(w.to.clone(), rec.clone(), MergeKind::WriteThrough, super::transfer::BATCH_TIMEOUT, tx);
             (w.job, rx)
         });
         let applied = self.inner.storage.write(write).await?;
@@ -197,11 +197,11 @@ impl Node {
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
     /// peer that refuses the connection is reported to the membership task.
-    pub(super) fn send_copy(&self, to: Peer, rec: wire::Record, handoff: bool, timeout: Duration, done: mpsc::Sender<bool>) {
+    pub(super) fn send_copy(&self, to: Peer, rec: wire::Record, kind: MergeKind, timeout: Duration, done: mpsc::Sender<bool>) {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             let me = Node::info(&node.inner.me);
-            let result = node.inner.peers.merge(&to.addr, me, vec![rec], handoff, timeout).await;
+            let result = node.inner.peers.merge(&to.addr, me, vec![rec], kind, timeout).await;
             if let Err(e) = &result {
                 tracing::debug!(replica = %to.addr, error = %e, "replica write failed");
                 node.membership_hint(Event::ReplicaMissed);

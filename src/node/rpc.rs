@@ -11,7 +11,7 @@ use super::keys::check_key;
 use super::membership::FORWARD_TIMEOUT;
 use super::Node;
 use crate::ring::{Event, FindStep, Id, Standing};
-use crate::wire::{self, Fault, KvOp, NodeInfo, Request, Response, Status};
+use crate::wire::{self, Fault, KvOp, MergeKind, NodeInfo, Request, Response, Status};
 
 /// How long a `Leaving` call waits for the membership task's verdict.
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,12 +42,12 @@ impl Node {
                 self.membership_hint(Event::Notified { from: Node::peer_from(&from)? });
                 Ok(Response::Ack)
             }
-            Request::Merge { from, records, handoff } => {
+            Request::Merge { from, records, kind } => {
                 Node::peer_from(&from)?;
                 self.refuse_if_departed()?;
                 let applied = self.apply_records(records.clone()).await?;
-                if handoff {
-                    self.settle_handoff(records, applied);
+                if kind != MergeKind::Replica {
+                    self.settle_handoff(records, applied, kind == MergeKind::WriteThrough);
                 }
                 Ok(Response::Ack)
             }

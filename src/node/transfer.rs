@@ -83,7 +83,7 @@ impl Node {
                 c.synced = upto;
             } else if n > 0 {
                 let me = Node::info(&self.inner.me);
-                let merged = self.inner.peers.merge(&c.to.addr, me, records, true, BATCH_TIMEOUT).await;
+                let merged = self.inner.peers.merge(&c.to.addr, me, records, wire::MergeKind::Handoff, BATCH_TIMEOUT).await;
                 merged.map_err(Error::from_peer(c.to))?;
             }
             self.copied(c, n, batch_bytes, last);
@@ -160,22 +160,23 @@ impl Node {
         }
     }
 
-    /// Records that came with a handoff and were new here: those outside our range go on to
-    /// their owners (the owner may not have them); those inside go to our replicas (we may
-    /// have taken the range over, and pushed it, before they came).
-    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>) {
+    /// Records that came with a handoff and were new here (`always`: a write-through, new or
+    /// not): those outside our range go on to their owners (the owner may not have them);
+    /// those inside go to our replicas (we may have taken the range over, and pushed it,
+    /// before they came).
+    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>, always: bool) {
         let view = self.view();
         let owned = view.owned();
         let (mine, strays): (Vec<wire::Record>, Vec<wire::Record>) = records
             .into_iter()
             .zip(applied)
-            .filter(|(_, a)| matches!(a, Applied::Stored { .. }))
+            .filter(|(_, a)| always || matches!(a, Applied::Stored { .. }))
             .map(|(r, _)| r)
             .partition(|r| owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes()))));
         for r in mine {
             for to in view.replica_peers(view.replicas.saturating_sub(1)) {
                 let (done, _) = tokio::sync::mpsc::channel(1);
-                self.send_copy(to, r.clone(), false, BATCH_TIMEOUT, done);
+                self.send_copy(to, r.clone(), wire::MergeKind::Replica, BATCH_TIMEOUT, done);
             }
         }
         if !strays.is_empty() {

@@ -414,10 +414,11 @@ impl Sim {
                 let n = self.nodes.get_mut(&to).unwrap();
                 let view = n.m.view();
                 if view.standing != Standing::Departed {
-                    let changed = n.store.get(&key).is_none_or(|old| rec > *old);
                     merge(&mut n.store, key, rec);
                     self.send(&to, &from, Payload::ReplicaAck { write });
-                    if handoff && changed {
+                    // A write-through settles whether new or not: the replica copy of the same
+                    // write may have come first.
+                    if handoff {
                         self.settle_handoff(&to, vec![(key, rec)]);
                     }
                 }

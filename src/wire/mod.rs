@@ -155,6 +155,19 @@ pub struct KvReply {
     pub version: u64,
 }
 
+/// Why records are sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum MergeKind {
+    /// A replica's copy of a write.
+    Replica,
+    /// A handoff batch: the receiver routes records it does not own on to their owners, and
+    /// copies those it does own to its replicas, where they were new to it.
+    Handoff,
+    /// A write made while its range is handed to the receiver: settled like a handoff record,
+    /// whether or not it was new (a replica copy of it may have come first).
+    WriteThrough,
+}
+
 /// Everything one node asks another.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -170,13 +183,11 @@ pub enum Request {
     Notify {
         from: NodeInfo,
     },
-    /// Records to keep if newer: a replica's copy of a write, or (`handoff`) a handoff batch or
-    /// a write made while a handoff runs, whose records the receiver routes on to their owners
-    /// when they are not its own.
+    /// Records to keep if newer.
     Merge {
         from: NodeInfo,
         records: Vec<Record>,
-        handoff: bool,
+        kind: MergeKind,
     },
     /// A replication batch covering ids (after, upto]: keep what is newer, and answer with
     /// what you hold there that is newer than what was sent (or was not sent at all).

@@ -29,8 +29,10 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<u32>()).prop_map(|(id, hops)| Request::FindSuccessor { id, hops }),
         Just(Request::Neighbors),
         node().prop_map(|from| Request::Notify { from }),
-        (node(), proptest::collection::vec(record(), 0..8), any::<bool>())
-            .prop_map(|(from, records, handoff)| Request::Merge { from, records, handoff }),
+        (node(), proptest::collection::vec(record(), 0..8), any::<bool>()).prop_map(|(from, records, h)| {
+            let kind = if h { MergeKind::Handoff } else { MergeKind::WriteThrough };
+            Request::Merge { from, records, kind }
+        }),
         (node(), any::<u64>(), any::<u64>(), proptest::collection::vec(record(), 0..8))
             .prop_map(|(from, after, upto, records)| Request::Sync { from, after, upto, records }),
         (node(), proptest::option::of(node())).prop_map(|(from, pred)| Request::HandoffDone { from, pred }),
@@ -140,7 +142,7 @@ fn golden_bytes() {
                     Record { key: "a".into(), version: 7, value: Some(vec![1, 2]) },
                     Record { key: "b".into(), version: 8, value: None },
                 ],
-                handoff: true,
+                kind: MergeKind::Handoff,
             }
             .encode(),
             "03040e3132372e302e302e313a38303030820202016107010201020162080001",
