@@ -27,6 +27,11 @@ use crate::wire::{KvReply, KvRequest, MergeKind, Message, NodeInfo, Record, Requ
 /// timeout, so the client drops an idle connection before the server closes it under a
 /// request in flight. Successors are called every stabilize period and stay connected.
 const POOL_IDLE: Duration = Duration::from_secs(5);
+/// Longest wait for a TCP connection to a peer. On a LAN it takes well under a millisecond; a
+/// lost SYN is only resent by the kernel after a full second, so giving up early and trying a
+/// fresh connection (forwards are retried, see `request.rs`) keeps lossy links from adding a
+/// second to a request.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 pub const RPC_PATH: &str = "/internal/rpc";
 pub const WIRE_TYPE: &str = "application/x-sdht";
@@ -46,7 +51,7 @@ impl Peers {
         let mut http = HttpConnector::new();
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(http);
         Peers { client, max_message, key, failures }
     }
