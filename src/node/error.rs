@@ -52,9 +52,18 @@ pub enum PeerError {
 }
 
 impl PeerError {
-    /// The peer's address refused the connection: its process is gone (not merely slow).
+    /// The peer's address refused the connection: its process is gone (not merely slow, and
+    /// not a connection attempt that timed out on a lossy link).
     pub fn is_refused(&self) -> bool {
-        matches!(self, PeerError::Connect(e) if e.is_connect())
+        let PeerError::Connect(e) = self else { return false };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            source = err.source();
+        }
+        false
     }
 
     /// What the membership protocol learns from this failure about the peer.
