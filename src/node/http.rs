@@ -295,9 +295,7 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     };
     let headers = resp.headers_mut();
     headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
-    if reply.version != 0 {
-        headers.insert("x-sdht-version", HeaderValue::from(reply.version));
-    }
+    headers.insert("x-sdht-version", HeaderValue::from(reply.version));
     if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
         if !reply.owner.is_empty() {
             headers.insert("x-sdht-owner", owner);

@@ -134,7 +134,8 @@ impl Node {
             KvOp::Get => {
                 return match self.inner.storage.get(id, &key) {
                     Ok(Some(r)) if r.value.is_some() => reply(KvOutcome::Value(r.value.unwrap()), req.hops, me, r.version),
-                    Ok(_) => reply(KvOutcome::NotFound, req.hops, me, 0),
+                    // A tombstone's version says when the key was deleted.
+                    Ok(r) => reply(KvOutcome::NotFound, req.hops, me, r.map_or(0, |r| r.version)),
                     Err(e) => failed(e.into(), req.hops),
                 };
             }
