@@ -61,7 +61,11 @@ impl Node {
         }
         let (keys, bytes) = result?;
         let ms = copy.started.elapsed().as_millis() as u64;
-        tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, ?kind, "range copied");
+        if kind == CopyKind::Replicate {
+            tracing::debug!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, "range pushed to a replica");
+        } else {
+            tracing::info!(node = %self.inner.me.addr, to = %to.addr, keys, bytes, ms, ?kind, "range copied");
+        }
         if copy.behind {
             // What came back must reach the other replicas too: the push runs again.
             return Err(Fault::Busy.into());
