@@ -1,23 +1,30 @@
 //! Network partitions: real `sdht` processes, each in its own Linux network namespace, with
-//! links between them cut by iptables while the clients (this process) still reach every node.
+//! links between them cut (or made lossy) by iptables while the clients (this process) still
+//! reach every node.
 //!
-//! Owns: the five scenarios of issue 14, on 5 nodes with R = 3 — one node isolated; a 2|3
+//! Owns: the six scenarios of issue 14, on 5 nodes with R = 3 — one node isolated; a 2|3
 //! split; a bridge (A sees B, B sees C, A does not see C); a cut link between a node and its
 //! ring successor with writes forwarded into it; an isolated node killed while cut off, healed
-//! and restarted on its data — each under a workload running throughout (one writer per key
+//! and restarted on its data; one node's links to the others losing `LOSS_PROBABILITY` of
+//! their packets each way — each under a workload running throughout (one writer per key
 //! writing `key=seq` with strictly increasing seq to random nodes, readers reading random keys
 //! through random nodes), and the checks after the heal: (a) one ring within
 //! `HEAL_DEADLINE`, (b) every key reads the same through every node, (c) no acknowledged write
 //! lost or overwritten by an older one, (d) an isolated node acknowledged nothing while cut
-//! off; plus a self-check of the harness that runs by default.
+//! off; for the bridge and the lossy links also the issue's write targets during the window
+//! (success rate and p99 latency); plus a self-check of the harness. Reads that miss a write
+//! acknowledged before they were sent (a 404, or an older seq) are reported with the node and
+//! time, but fail nothing: only (b) and (c) after the heal judge what the nodes hold.
 //!
 //! Leaves out: namespaces, bridge, iptables rules and node processes (`common::netns`), the
-//! ring check itself (`common::ring_is_whole`), packet-loss scenarios (the harness can drop a
-//! fraction of packets; no scenario uses it yet), and loopback crashes (`tests/crash.rs`).
+//! ring check itself (`common::ring_is_whole`), delay and reordering (no `sch_netem` in the
+//! kernel: losses are iptables `statistic` drops), and loopback crashes (`tests/crash.rs`).
 //!
 //! Needs root, `ip` (iproute2), `iptables` (or `iptables-legacy`) and `bash`; without them a
 //! test prints `SKIPPED` and passes, unless `CI` is set. Run the scenarios with their figures
-//! with `cargo test --test partition -- --nocapture --test-threads 1`.
+//! with `cargo test --test partition -- --nocapture --test-threads 1 --include-ignored`: the
+//! lossy scenario is `#[ignore]`d while the nodes miss its p99 target (the reason says by how
+//! much); the others run by default.
 
 mod common;
 
@@ -33,7 +40,7 @@ use hyper::Method;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use sdht::client::{encode_key, Client};
-use sdht::ring::{key_id, Interval};
+use sdht::ring::{key_id, owner_of, Id, Interval};
 
 /// Nodes in every scenario.
 const NODES: usize = 5;
@@ -43,6 +50,8 @@ const KEYS: usize = 8;
 const READERS: usize = 2;
 /// Stabilize period of the nodes (the issue's setting).
 const STABILIZE_MS: &str = "200";
+/// Replicas per key (R, the issue's setting), passed to every node.
+const REPLICAS: usize = 3;
 /// How long each partition is held before it is healed.
 const PARTITION_HOLD: Duration = Duration::from_secs(20);
 /// Scenario 5 kills the isolated node this long after the cut, while it is still cut off.
@@ -77,8 +86,17 @@ const CONVERGE_DEADLINE: Duration = Duration::from_secs(10);
 const BRIDGE_MIN_WRITE_SUCCESS: f64 = 0.98;
 /// Issue 14's target for scenario 3: p99 latency of writes made while A<->C is cut.
 const BRIDGE_MAX_P99_WRITE_LATENCY: Duration = Duration::from_secs(1);
+/// Scenario 6: share of the packets each lossy link drops, in each direction (issue 14: 20%).
+const LOSS_PROBABILITY: f64 = 0.2;
+/// Issue 14's target for scenario 6: share of writes acknowledged while the links are lossy.
+const LOSSY_MIN_WRITE_SUCCESS: f64 = 0.98;
+/// Issue 14's target for scenario 6: p99 latency of writes made while the links are lossy.
+const LOSSY_MAX_P99_WRITE_LATENCY: Duration = Duration::from_secs(1);
 /// A failure lists at most this many examples.
 const EXAMPLES: usize = 5;
+/// The report lists at most this many reads that missed an acknowledged write, per phase
+/// and kind.
+const MISSED_READ_EXAMPLES: usize = 3;
 
 /// One scenario at a time: the machine has two cores, and timings are part of the checks.
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -157,6 +175,56 @@ struct ReadStats {
     failed: u64,
     /// Values that are not `key=seq` of the key read.
     bad: Vec<String>,
+    /// Reads answered with a 404 or an older seq after a write of the key was acknowledged.
+    missed: Vec<MissedRead>,
+}
+
+/// A read through `node`, sent at `start`, that did not see seq `acked`, whose
+/// acknowledgement (at `acked_at`) came before the read was sent.
+#[derive(Debug)]
+struct MissedRead {
+    key: String,
+    node: usize,
+    start: Instant,
+    /// None: a 404; Some(seq): an older value.
+    found: Option<u64>,
+    acked: u64,
+    acked_at: Instant,
+}
+
+impl ReadStats {
+    /// Counts one read of `key` through `node` sent at `start`; `acked` was the key's latest
+    /// acknowledged write then (seq, when its answer came).
+    fn record(
+        &mut self,
+        key: &str,
+        node: usize,
+        start: Instant,
+        acked: Option<(u64, Instant)>,
+        got: Result<Answer, String>,
+    ) {
+        let found = match got {
+            Ok(a) if a.status == 200 => match parse_seq(key, &a.body) {
+                Some(seq) => Some(seq),
+                None => {
+                    self.bad.push(format!("{key} via node {node}: {:?}", a.body));
+                    return;
+                }
+            },
+            Ok(a) if a.status == 404 => None,
+            _ => {
+                self.failed += 1;
+                return;
+            }
+        };
+        match found {
+            Some(_) => self.ok += 1,
+            None => self.absent += 1,
+        }
+        if let Some((acked, acked_at)) = acked.filter(|&(seq, _)| found.is_none_or(|f| f < seq)) {
+            self.missed.push(MissedRead { key: key.to_string(), node, start, found, acked, acked_at });
+        }
+    }
 }
 
 /// What the workload's tasks share.
@@ -166,6 +234,8 @@ struct Ctx {
     keys: Vec<String>,
     stop: AtomicBool,
     writes: Mutex<Vec<Write>>,
+    /// Per key, its latest acknowledged write: (seq, when the 204 came).
+    acks: Mutex<Vec<Option<(u64, Instant)>>>,
     reads: Mutex<ReadStats>,
 }
 
@@ -176,10 +246,11 @@ struct Load {
 }
 
 fn start_load(client: &Client, addrs: Vec<String>, specs: Vec<KeySpec>, seed: u64) -> Load {
-    let keys = specs.iter().map(|s| s.name.clone()).collect();
+    let keys: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         addrs,
+        acks: Mutex::new(vec![None; keys.len()]),
         keys,
         stop: AtomicBool::new(false),
         writes: Mutex::new(Vec::new()),
@@ -208,28 +279,25 @@ async fn writer(ctx: Arc<Ctx>, key: usize, targets: Vec<usize>, seed: u64) {
         let value = Bytes::from(format!("{name}={seq}"));
         let outcome = kv(&ctx.client, &ctx.addrs[node], Method::PUT, name, value).await.map(|a| a.status);
         let end = Instant::now();
-        ctx.writes.lock().unwrap().push(Write { key, seq, node, start, end, outcome });
+        let write = Write { key, seq, node, start, end, outcome };
+        if write.acked() {
+            ctx.acks.lock().unwrap()[key] = Some((seq, end));
+        }
+        ctx.writes.lock().unwrap().push(write);
         tokio::time::sleep(WRITE_PACE).await;
     }
 }
 
-/// Reads random keys through random nodes; counts answers and collects malformed values.
+/// Reads random keys through random nodes; counts answers, collects malformed values and
+/// reads that missed a write acknowledged before they were sent.
 async fn reader(ctx: Arc<Ctx>, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     while !ctx.stop.load(Ordering::Relaxed) {
         let (key, node) = (rng.random_range(0..ctx.keys.len()), rng.random_range(0..ctx.addrs.len()));
+        let acked = ctx.acks.lock().unwrap()[key];
+        let start = Instant::now();
         let got = kv(&ctx.client, &ctx.addrs[node], Method::GET, &ctx.keys[key], Bytes::new()).await;
-        {
-            let mut stats = ctx.reads.lock().unwrap();
-            match got {
-                Ok(a) if a.status == 200 && parse_seq(&ctx.keys[key], &a.body).is_some() => stats.ok += 1,
-                Ok(a) if a.status == 200 => {
-                    stats.bad.push(format!("{} via node {node}: {:?}", ctx.keys[key], a.body))
-                }
-                Ok(a) if a.status == 404 => stats.absent += 1,
-                _ => stats.failed += 1,
-            }
-        }
+        ctx.reads.lock().unwrap().record(&ctx.keys[key], node, start, acked, got);
         tokio::time::sleep(READ_PACE).await;
     }
 }
@@ -328,7 +396,9 @@ impl Run {
     async fn start(name: &'static str) -> Option<Run> {
         let lock = LOCK.lock().await;
         let tools = netns::tools_or_skip(name)?;
-        let cluster = Cluster::start(tools, NODES, &["--stabilize-ms", STABILIZE_MS]).await;
+        let replicas = REPLICAS.to_string();
+        let flags = ["--stabilize-ms", STABILIZE_MS, "--replicas", &replicas];
+        let cluster = Cluster::start(tools, NODES, &flags).await;
         wait_for_ring(&cluster.nodes).await;
         let all: Vec<usize> = (0..NODES).collect();
         if let Err(e) = cluster.net.check_links(&all, &[]).await {
@@ -351,6 +421,11 @@ impl Run {
         })
     }
 
+    /// The name of the `k`-th of the `KEYS` keys written through every node.
+    fn key_name(&self, k: usize) -> String {
+        format!("{}-k{k}", self.name)
+    }
+
     /// Seconds since the run started, for messages.
     fn at(&self, t: Instant) -> String {
         format!("+{:.1}s", t.saturating_duration_since(self.t0).as_secs_f64())
@@ -360,9 +435,8 @@ impl Run {
     /// waits until every key has been acknowledged a few times.
     async fn load(&mut self, extra: Vec<KeySpec>) {
         let all: Vec<usize> = (0..NODES).collect();
-        let mut specs: Vec<KeySpec> = (0..KEYS)
-            .map(|k| KeySpec { name: format!("{}-k{k}", self.name), targets: all.clone() })
-            .collect();
+        let mut specs: Vec<KeySpec> =
+            (0..KEYS).map(|k| KeySpec { name: self.key_name(k), targets: all.clone() }).collect();
         specs.extend(extra);
         let seed = self.name.bytes().map(u64::from).sum::<u64>();
         let load = start_load(&self.client, self.cluster.addrs(), specs, seed);
@@ -387,6 +461,30 @@ impl Run {
             panic!("harness: the cut did not take effect as intended: {e}");
         }
         self.notes.push(format!("partition: {what}"));
+    }
+
+    /// Makes node `v`'s links to every other node lose `probability` of their packets in each
+    /// direction, and checks that the test process still reaches every node. (TCP probes
+    /// between nodes would only sometimes pass: `note_link_loss` checks the drops instead.)
+    async fn degrade(&mut self, v: usize, probability: f64) {
+        for o in (0..NODES).filter(|&o| o != v) {
+            self.cluster.net.lossy(v, o, probability).await;
+        }
+        let now = Instant::now();
+        self.cut_at = Some(now);
+        let others = NODES - 1;
+        let what = format!(
+            "n{v}'s links to the other {others} nodes lose {:.0}% of packets each way",
+            probability * 100.0
+        );
+        println!("[{}] {} lossy: {what}", self.name, self.at(now));
+        for i in 0..NODES {
+            // One node only: probes the test process's link to it, none between nodes.
+            if let Err(e) = self.cluster.net.check_links(&[i], &[]).await {
+                panic!("harness: with the lossy links in place: {e}");
+            }
+        }
+        self.notes.push(format!("lossy links: {what}"));
     }
 
     /// Waits until `offset` after the cut: the partition's scheduled length, not a sync.
@@ -487,6 +585,7 @@ impl Run {
             let bad = &reads.bad[..reads.bad.len().min(EXAMPLES)];
             self.failures.push(format!("readers saw values of the wrong form: {bad:?}"));
         }
+        self.note_missed_reads(&reads);
         (writes, reads)
     }
 }
@@ -527,13 +626,8 @@ impl Run {
 
     /// The problems with one key's reads through nodes 0..: disagreement (b), an
     /// acknowledged seq missing (c).
-    fn judge(
-        &self,
-        key: &str,
-        seen: &[Result<(Option<u64>, Option<String>), String>],
-        best: Option<&Write>,
-    ) -> Vec<String> {
-        let show = |r: &Result<(Option<u64>, Option<String>), String>| match r {
+    fn judge(&self, key: &str, seen: &[NodeRead], best: Option<&Write>) -> Vec<String> {
+        let show = |r: &NodeRead| match r {
             Ok((Some(seq), Some(v))) => format!("seq {seq} (version {v})"),
             Ok((Some(seq), None)) => format!("seq {seq}"),
             Ok((None, _)) => "404".to_string(),
@@ -588,7 +682,10 @@ impl Run {
 
 /// A key's value through one node: Ok((Some(seq), version)) for 200, Ok((None, _)) for 404,
 /// Err for anything else (other status, malformed value, missing headers, no answer).
-async fn read_seq(client: &Client, addr: &str, key: &str) -> Result<(Option<u64>, Option<String>), String> {
+type NodeRead = Result<(Option<u64>, Option<String>), String>;
+
+/// One node's [`NodeRead`] of `key`.
+async fn read_seq(client: &Client, addr: &str, key: &str) -> NodeRead {
     let a = kv(client, addr, Method::GET, key, Bytes::new()).await?;
     if !a.has_route_headers {
         return Err(format!("status {} without x-sdht-hops/x-sdht-owner", a.status));
@@ -616,7 +713,8 @@ impl Run {
         let per_node: Vec<String> = (0..NODES)
             .map(|i| format!("n{i} {}", during.iter().filter(|w| w.node == i && w.acked()).count()))
             .collect();
-        let mut lines = self.notes.clone();
+        let mut lines = vec![format!("window: cut at {}, healed at {}", self.at(cut_at), self.at(heal_at))];
+        lines.extend(self.notes.iter().cloned());
         lines.push(format!("time to one ring: {ring}"));
         lines.push(format!(
             "writes: acknowledged {}, failed {} ({})",
@@ -625,7 +723,7 @@ impl Run {
             failure_kinds(&all)
         ));
         lines.push(format!(
-            "writes started during the partition: acknowledged {}, failed {} ({}); acknowledged per node: {}",
+            "writes started during the window (cut or lossy): acknowledged {}, failed {} ({}); acknowledged per node: {}",
             acked(&during),
             during.len() - acked(&during),
             failure_kinds(&during),
@@ -651,7 +749,7 @@ impl Run {
         }
     }
 
-    /// Success rate and p99 latency of the writes started during the partition (checked
+    /// Success rate and p99 latency of the writes started during the window (checked
     /// against the given targets), added to the notes and, when missed, to the failures.
     fn latency_targets(&mut self, writes: &[Write], min_success: f64, max_p99: Duration) -> (f64, Duration) {
         let (cut_at, heal_at) = (self.cut_at.expect("cut"), self.heal_at.expect("heal"));
@@ -662,7 +760,7 @@ impl Run {
         lat.sort();
         let p99 = percentile(&lat, 99);
         let line = format!(
-            "during the partition: write success {:.2}% of {} (target >= {:.0}%), p99 write latency {} ms (target < {} ms)",
+            "during the window: write success {:.2}% of {} (target >= {:.0}%), p99 write latency {} ms (target < {} ms)",
             rate * 100.0,
             during.len(),
             min_success * 100.0,
@@ -677,8 +775,130 @@ impl Run {
     }
 }
 
+/// Notes that fail nothing.
+impl Run {
+    /// Where `t` falls: before the cut, during the window (cut or lossy), after the heal;
+    /// the number orders the report.
+    fn phase(&self, t: Instant) -> (u8, &'static str) {
+        match (self.cut_at, self.heal_at) {
+            (Some(cut), _) if t < cut => (1, "before the cut"),
+            (_, Some(heal)) if t >= heal => (3, "after the heal"),
+            _ => (2, "during the window"),
+        }
+    }
+
+    /// Reads that missed a write acknowledged before they were sent, by phase and kind (a 404
+    /// or an older seq): the nodes that answered, the span of times, and a few examples.
+    fn note_missed_reads(&mut self, reads: &ReadStats) {
+        let mut groups = BTreeMap::<((u8, &str), bool), Vec<&MissedRead>>::new();
+        for m in &reads.missed {
+            groups.entry((self.phase(m.start), m.found.is_some())).or_default().push(m);
+        }
+        let total = reads.missed.len();
+        self.notes.push(format!("reads that missed a write acknowledged before they were sent: {total}"));
+        for (((_, phase), older), missed) in groups {
+            let mut per = BTreeMap::<usize, usize>::new();
+            for m in &missed {
+                *per.entry(m.node).or_default() += 1;
+            }
+            let per: Vec<String> = per.iter().map(|(n, c)| format!("n{n} x{c}")).collect();
+            let first = missed.iter().map(|m| m.start).min().expect("a group has reads");
+            let last = missed.iter().map(|m| m.start).max().expect("a group has reads");
+            let kind = if older { "an older seq" } else { "404" };
+            let span = format!("{}..{}", self.at(first), self.at(last));
+            self.notes.push(format!("  {kind} {phase}: {} (sent {span}), e.g.", per.join(", ")));
+            for m in missed.iter().take(MISSED_READ_EXAMPLES) {
+                let found = m.found.map_or("404".to_string(), |f| format!("seq {f}"));
+                self.notes.push(format!(
+                    "    {} via n{} sent at {}: {found}; seq {} was acknowledged at {}",
+                    m.key,
+                    m.node,
+                    self.at(m.start),
+                    m.acked,
+                    self.at(m.acked_at)
+                ));
+            }
+        }
+    }
+
+    /// Scenario 6, before the heal: what the lossy links dropped each way, from the iptables
+    /// counters; a harness failure if a direction dropped nothing.
+    async fn note_link_loss(&mut self, v: usize) {
+        let net = &self.cluster.net;
+        let (into_seen, into_dropped) = net.link_counters(v).await;
+        let (mut out_seen, mut out_dropped) = (0, 0);
+        for o in (0..NODES).filter(|&o| o != v) {
+            let (seen, dropped) = net.link_counters(o).await;
+            (out_seen, out_dropped) = (out_seen + seen, out_dropped + dropped);
+        }
+        let share = |d: u64, s: u64| if s == 0 { 0.0 } else { d as f64 * 100.0 / s as f64 };
+        self.notes.push(format!(
+            "lossy links dropped: into n{v} {into_dropped} of {into_seen} packets ({:.1}%), out of n{v} {out_dropped} of {out_seen} ({:.1}%)",
+            share(into_dropped, into_seen),
+            share(out_dropped, out_seen)
+        ));
+        if into_dropped == 0 || out_dropped == 0 {
+            self.failures.push(format!("harness: a direction of n{v}'s lossy links dropped no packet"));
+        }
+    }
+}
+
 /// Scenario-specific notes.
 impl Run {
+    /// The nodes that hold key `k` (of the `KEYS`) on the whole ring: its owner and the next
+    /// `REPLICAS - 1` nodes clockwise.
+    fn replicas_of(&self, k: usize) -> Vec<usize> {
+        let order = ring_order(&self.cluster.nodes);
+        let ids: Vec<Id> = order.iter().map(|&i| self.cluster.nodes[i].id).collect();
+        let owner = owner_of(&ids, key_id(self.key_name(k).as_bytes())).expect("a ring has nodes");
+        let first = ids.iter().position(|id| *id == owner).expect("the owner is a node");
+        (0..REPLICAS).map(|j| order[(first + j) % order.len()]).collect()
+    }
+
+    /// How write `w` meets node `v`: sent to it; else `v` on the clockwise arc from the
+    /// entry node to the key's owner (the nodes a successor-by-successor forward crosses);
+    /// else `v` one of the key's replicas; else clear of it. The number orders the report.
+    fn meets(&self, w: &Write, v: usize) -> (u8, String) {
+        let order = ring_order(&self.cluster.nodes);
+        let replicas = self.replicas_of(w.key);
+        let pos = |i: usize| order.iter().position(|&o| o == i).expect("a node of the ring");
+        let (from, to) = (pos(w.node), pos(replicas[0]));
+        let on_arc = (0..=(to + NODES - from) % NODES).any(|j| order[(from + j) % NODES] == v);
+        if w.node == v {
+            (1, format!("sent to n{v}"))
+        } else if on_arc {
+            (2, format!("sent elsewhere, n{v} on the ring arc to the owner"))
+        } else if replicas.contains(&v) {
+            (3, format!("n{v} off that arc, a replica"))
+        } else {
+            (4, format!("clear of n{v}"))
+        }
+    }
+
+    /// Scenario 6: the window's writes by how they meet node `v` (see `meets`), with count,
+    /// failures and latency, to show where the time goes.
+    fn note_latency_by_path(&mut self, writes: &[Write], v: usize) {
+        let (cut_at, heal_at) = (self.cut_at.expect("cut"), self.heal_at.expect("heal"));
+        let mut groups = BTreeMap::<(u8, String), Vec<&Write>>::new();
+        for w in writes.iter().filter(|w| w.start >= cut_at && w.start < heal_at) {
+            groups.entry(self.meets(w, v)).or_default().push(w);
+        }
+        for ((_, path), ws) in groups {
+            let mut lat: Vec<Duration> = ws.iter().map(|w| w.end - w.start).collect();
+            lat.sort();
+            let ms = |p| percentile(&lat, p).as_millis();
+            self.notes.push(format!(
+                "writes {path}: {}, failed {} ({}); latency p50 {} ms, p99 {} ms, max {} ms",
+                ws.len(),
+                ws.iter().filter(|w| !w.acked()).count(),
+                failure_kinds(&ws),
+                ms(50),
+                ms(99),
+                ms(100)
+            ));
+        }
+    }
+
     /// Scenario 4: how the writes of key `k`, sent only to node `a`, fared while the link to
     /// its successor `s` (the key's owner) was cut.
     fn note_forwarded(&mut self, writes: &[Write], k: usize, a: usize, s: usize) {
@@ -799,10 +1019,32 @@ async fn an_isolated_node_killed_and_restarted_rejoins() {
     run.report(&writes, &reads);
 }
 
+/// Scenario 6: one node's links to the other four lose `LOSS_PROBABILITY` of their packets
+/// in each direction (the clients' links stay whole), then healed; the issue's write targets
+/// apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 14 target missed: p99 write latency 1.02-2.00 s in 5 runs at 7b0f665 (target \
+            < 1 s; 1.08-1.93 s in 10 runs at 13e3f85), from writes forwarded through the lossy \
+            node; write success 98.7-99.8% meets >= 98%"]
+async fn a_lossy_node_keeps_writes_flowing() {
+    let Some(mut run) = Run::start("lossy").await else { return };
+    let v = 1;
+    run.load(Vec::new()).await;
+    run.degrade(v, LOSS_PROBABILITY).await;
+    run.hold_until(PARTITION_HOLD).await;
+    run.note_link_loss(v).await;
+    let healed = run.heal().await;
+    run.await_ring(healed, "heal").await;
+    let (writes, reads) = run.settle(&[]).await;
+    run.note_latency_by_path(&writes, v);
+    run.latency_targets(&writes, LOSSY_MIN_WRITE_SUCCESS, LOSSY_MAX_P99_WRITE_LATENCY);
+    run.report(&writes, &reads);
+}
+
 /// The harness itself, on the current binary: nodes start in namespaces and form a ring, a
 /// cut drops exactly the traffic between the two nodes (the test process still reaches both),
-/// a node can drop all packets from other nodes, a heal restores every link, and dropping the
-/// cluster leaves no namespace or interface behind.
+/// lossy links that drop every packet cut them (and count what they drop), a heal restores
+/// every link, and dropping the cluster leaves no namespace or interface behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_cuts_exactly_the_links_it_is_told_to_and_cleans_up() {
     let _lock = LOCK.lock().await;
@@ -815,8 +1057,11 @@ async fn harness_cuts_exactly_the_links_it_is_told_to_and_cleans_up() {
         net.cut(0, 1).await;
         net.check_links(&all, &[(0, 1)]).await.expect("after cutting n0 <-> n1");
         net.heal().await;
-        net.drop_fraction(0, 1.0).await;
-        net.check_links(&all, &[(0, 1), (0, 2)]).await.expect("n0 dropping every packet from other nodes");
+        net.lossy(0, 1, 1.0).await;
+        net.lossy(0, 2, 1.0).await;
+        net.check_links(&all, &[(0, 1), (0, 2)]).await.expect("n0's links losing every packet");
+        let (seen, dropped) = net.link_counters(0).await;
+        assert!(dropped > 0 && dropped == seen, "n0 saw {seen} packets from n1 and n2 and dropped {dropped}");
         net.heal().await;
         net.check_links(&all, &[]).await.expect("after the heal");
         for (i, addr) in cluster.addrs().iter().enumerate() {

@@ -3,17 +3,19 @@
 //! Owns: the capability check (root, `ip`, `bash`, an `iptables` that can add rules inside a
 //! namespace; a test without them prints `SKIPPED: ...` and passes, or fails when `CI` is
 //! set), one private bridge and /24 test subnet per cluster, one namespace and veth pair per
-//! node, iptables DROP rules that cut links (or drop a random fraction of packets), TCP probes
-//! that show what is cut, `sdht serve` processes started inside the namespaces (as
-//! [`NodeProc`]s, so the ring checks of `common` apply), and removing all of it in `Drop`, also
-//! when a test panics (the nodes' log tails are printed then).
+//! node, iptables DROP rules that cut links or make them lossy (a random share of packets
+//! dropped, each direction) and their packet counters, TCP probes that show what is cut,
+//! `sdht serve` processes started inside the namespaces (as [`NodeProc`]s, so the ring checks
+//! of `common` apply), and removing all of it in `Drop`, also when a test panics (the nodes'
+//! log tails are printed then).
 //!
 //! Leaves out: workloads, ring checks and assertions (`tests/partition.rs`, `common/mod.rs`).
 //!
 //! Traffic never leaves the machine: the subnet exists only on the test's bridge, which has
 //! no other port than the nodes' veths; namespaces get no default route; nothing is forwarded
 //! or NATed. The test process (the clients) reaches every node through the bridge's address
-//! in the root namespace, and cuts only drop traffic between nodes, never from the clients.
+//! in the root namespace, and cuts and losses only drop traffic between nodes, never from the
+//! clients.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -257,26 +259,35 @@ impl Net {
         self.iptables(b, &["-I", "INPUT", "-s", &self.ip(a), "-j", "DROP"]).await;
     }
 
-    /// Node i drops `probability` of the packets other nodes send it (not the clients').
-    pub async fn drop_fraction(&self, i: usize, probability: f64) {
+    /// Makes the link between nodes a and b lose `probability` of its packets, each direction
+    /// on its own: each node drops that share of what the other sends (the `statistic` match;
+    /// the kernel may have no `sch_netem`), after a rule without target that counts them all.
+    /// The clients' traffic (from the bridge's address) is untouched.
+    pub async fn lossy(&self, a: usize, b: usize, probability: f64) {
         let p = probability.to_string();
-        let host = self.host_ip();
-        let rule = [
-            "-A",
-            "INPUT",
-            "!",
-            "-s",
-            &host,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ];
-        self.iptables(i, &rule).await;
+        for (to, from) in [(a, b), (b, a)] {
+            let src = self.ip(from);
+            self.iptables(to, &["-A", "INPUT", "-s", &src]).await;
+            let matches = ["-m", "statistic", "--mode", "random", "--probability", &p];
+            let rule = [&["-A", "INPUT", "-s", &src][..], &matches, &["-j", "DROP"]].concat();
+            self.iptables(to, &rule).await;
+        }
+    }
+
+    /// Node i's packet counters so far: (seen, dropped) — what the counting rules of its lossy
+    /// links saw, and what its DROP rules (cut and lossy links alike) dropped.
+    pub async fn link_counters(&self, i: usize) -> (u64, u64) {
+        let table = self.iptables(i, &["-L", "INPUT", "-v", "-x", "-n"]).await;
+        let (mut seen, mut dropped) = (0, 0);
+        // "pkts bytes target prot opt in out source destination [match]"; no target: counting
+        for words in table.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+            let Some(pkts) = words.first().and_then(|w| w.parse::<u64>().ok()) else { continue };
+            match words.get(2) {
+                Some(&"DROP") => dropped += pkts,
+                _ => seen += pkts,
+            }
+        }
+        (seen, dropped)
     }
 
     /// Removes every rule: all links are whole again.
@@ -286,10 +297,10 @@ impl Net {
         }
     }
 
-    async fn iptables(&self, i: usize, rule: &[&str]) {
+    async fn iptables(&self, i: usize, rule: &[&str]) -> String {
         let mut args = vec!["ip", "netns", "exec", &self.namespaces[i], self.iptables, "-w"];
         args.extend_from_slice(rule);
-        run(&args).await.unwrap_or_else(|e| panic!("harness: iptables in node {i}'s namespace: {e}"));
+        run(&args).await.unwrap_or_else(|e| panic!("harness: iptables in node {i}'s namespace: {e}"))
     }
 
     /// Checks with TCP probes that, among `nodes`, node a reaches node b exactly when the pair
