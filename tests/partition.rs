@@ -360,6 +360,15 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1]
 }
 
+/// The share of `writes` acknowledged (0 for none) and their p99 latency.
+fn success_and_p99(writes: &[&Write]) -> (f64, Duration) {
+    let ok = writes.iter().filter(|w| w.acked()).count();
+    let rate = if writes.is_empty() { 0.0 } else { ok as f64 / writes.len() as f64 };
+    let mut lat: Vec<Duration> = writes.iter().map(|w| w.end - w.start).collect();
+    lat.sort();
+    (rate, percentile(&lat, 99))
+}
+
 /// "503 x4, no answer x2" for the writes that failed.
 fn failure_kinds(writes: &[&Write]) -> String {
     let mut kinds = BTreeMap::<String, usize>::new();
@@ -722,11 +731,14 @@ impl Run {
             all.len() - acked(&all),
             failure_kinds(&all)
         ));
+        let (rate, p99) = success_and_p99(&during);
         lines.push(format!(
-            "writes started during the window (cut or lossy): acknowledged {}, failed {} ({}); acknowledged per node: {}",
+            "writes started during the window (cut or lossy): acknowledged {}, failed {} ({}), success {:.2}%, p99 latency {} ms; acknowledged per node: {}",
             acked(&during),
             during.len() - acked(&during),
             failure_kinds(&during),
+            rate * 100.0,
+            p99.as_millis(),
             per_node.join(", ")
         ));
         lines.push(format!(
@@ -754,11 +766,7 @@ impl Run {
     fn latency_targets(&mut self, writes: &[Write], min_success: f64, max_p99: Duration) -> (f64, Duration) {
         let (cut_at, heal_at) = (self.cut_at.expect("cut"), self.heal_at.expect("heal"));
         let during: Vec<&Write> = writes.iter().filter(|w| w.start >= cut_at && w.start < heal_at).collect();
-        let ok = during.iter().filter(|w| w.acked()).count();
-        let rate = if during.is_empty() { 0.0 } else { ok as f64 / during.len() as f64 };
-        let mut lat: Vec<Duration> = during.iter().map(|w| w.end - w.start).collect();
-        lat.sort();
-        let p99 = percentile(&lat, 99);
+        let (rate, p99) = success_and_p99(&during);
         let line = format!(
             "during the window: write success {:.2}% of {} (target >= {:.0}%), p99 write latency {} ms (target < {} ms)",
             rate * 100.0,
