@@ -80,7 +80,8 @@ enum Command {
         /// calls are signed with it and unsigned ones refused.
         #[arg(long, value_name = "PATH")]
         cluster_key_file: Option<PathBuf>,
-        /// Require `Authorization: Bearer TOKEN` (the file's content) on /kv and /leave.
+        /// Require `Authorization: Bearer TOKEN` (the file's content) on /kv and /leave. Needs
+        /// a cluster key: without one, node-to-node calls would bypass the token.
         #[arg(long, value_name = "PATH")]
         client_token_file: Option<PathBuf>,
         /// With a client token, require it on /status and /ring too.
@@ -222,6 +223,10 @@ async fn run() -> anyhow::Result<ExitCode> {
             insecure,
         } => {
             let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
+            let client_token = secret(client_token_file.as_ref(), None)?
+                .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
+                .transpose()?;
+            node::auth::check_token_needs_key(client_token.is_some(), cluster_key.is_some())?;
             // Checked before binding: an unauthenticated node never opens a public port.
             let wanted: Vec<_> = tokio::net::lookup_host(&listen)
                 .await
@@ -249,9 +254,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.successors = successors as usize;
             config.replicas = replicas as usize;
             config.cluster_key = cluster_key;
-            config.client_token = secret(client_token_file.as_ref(), None)?
-                .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
-                .transpose()?;
+            config.client_token = client_token;
             config.private_status = private_status;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);

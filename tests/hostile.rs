@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sdht::node::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use sdht::node::auth::{body_digest, ClusterKey, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use sdht::node::client::Client;
 use sdht::wire::{KvOp, KvRequest, Message, NodeInfo, Record, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,11 +84,16 @@ fn status_of(resp: &str) -> u16 {
     resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// The authentication headers of a call with `body`, signed with `key`, as header lines.
+fn signature(key: &ClusterKey, body: &[u8]) -> String {
+    key.sign("POST", "/internal/rpc", body).headers().iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect()
+}
+
 fn signed(key: &ClusterKey, addr: &str, body: &[u8]) -> Vec<u8> {
-    let (time, nonce, tag) = key.sign("POST", "/internal/rpc", body);
     let mut req = format!(
-        "POST /internal/rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n{TIME_HEADER}: {time}\r\n{NONCE_HEADER}: {nonce}\r\n{TAG_HEADER}: {tag}\r\nconnection: close\r\n\r\n",
-        body.len()
+        "POST /internal/rpc HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
+        body.len(),
+        signature(key, body)
     )
     .into_bytes();
     req.extend_from_slice(body);
@@ -185,12 +190,23 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
                 &a,
                 &evil_merge,
                 &format!(
-                    "{TIME_HEADER}: {}\r\n{NONCE_HEADER}: 1\r\n{TAG_HEADER}: {}\r\n",
+                    "{TIME_HEADER}: {}\r\n{NONCE_HEADER}: 1\r\n{DIGEST_HEADER}: {}\r\n{TAG_HEADER}: {}\r\n",
                     1,
+                    body_digest(&evil_merge),
                     "ab".repeat(32)
                 ),
             ),
             401,
+        ),
+        (
+            "signed call carrying another body than the one signed",
+            unsigned(&a, &evil_put, &signature(&cluster, &Request::Neighbors.encode())),
+            401,
+        ),
+        (
+            "signed call announcing more than any message",
+            http("POST", "/internal/rpc", &a, &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")), b""),
+            413,
         ),
         ("signed garbage", signed(&cluster, &a, b"\x01\xff\xff\xff"), 400),
         ("signed wrong version", signed(&cluster, &a, &wrong_version), 400),
@@ -335,17 +351,11 @@ async fn an_unauthenticated_node_refuses_a_public_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_token_guards_kv_and_optionally_status() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken\n").unwrap();
-    let t = token.to_str().unwrap().to_string();
-    let open = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &["--client-token-file", &t]).await;
-    let private = spawn_at(
-        "127.0.0.1:0",
-        &dir.path().join("b"),
-        None,
-        &["--client-token-file", &t, "--private-status"],
-    )
-    .await;
+    let (token, key) = token_and_key(dir.path());
+    let guarded = ["--client-token-file", &token, "--cluster-key-file", &key];
+    let open = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &guarded).await;
+    let private =
+        spawn_at("127.0.0.1:0", &dir.path().join("b"), None, &[&guarded[..], &["--private-status"]].concat()).await;
     let anonymous = Client::new();
     let holder = Client::new().with_token(Some("t0ken".into()));
     for n in [&open, &private] {
@@ -364,4 +374,83 @@ async fn a_client_token_guards_kv_and_optionally_status() {
     assert!(anonymous.json(&private.addr, "/status").await.is_err());
     assert!(anonymous.json(&private.addr, "/ring").await.is_err());
     assert!(holder.json(&private.addr, "/ring").await.is_ok());
+}
+
+/// Writes a client token file ("t0ken") and a cluster key file into `dir`; returns their paths.
+fn token_and_key(dir: &std::path::Path) -> (String, String) {
+    let (token, key) = (dir.join("token"), dir.join("cluster.key"));
+    std::fs::write(&token, "t0ken\n").unwrap();
+    std::fs::write(&key, KEY).unwrap();
+    (token.to_str().unwrap().to_string(), key.to_str().unwrap().to_string())
+}
+
+/// Sends `bytes` without closing the write side and reads until the end of the answer's
+/// head, for at most `within`. None if no head came in time.
+async fn head_within(addr: &str, bytes: &[u8], within: Duration) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_head(&mut s, within).await
+}
+
+async fn read_head<R: AsyncReadExt + Unpin>(s: &mut R, within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(true) => Some(String::from_utf8_lossy(&out).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_without_a_cluster_key_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, _) = token_and_key(dir.path());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sdht"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--client-token-file", &token, "--data"])
+        .arg(dir.path().join("data"))
+        .env_remove("SDHT_CLUSTER_KEY")
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--client-token-file needs a cluster key"), "{stderr}");
+    assert!(stderr.contains("bypassing the token"), "{stderr}");
+    assert!(out.stdout.is_empty(), "it must not claim to be listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_calls_are_authenticated_before_their_body_is_read() {
+    let ring = start().await;
+    let a = ring.nodes[1].addr.clone();
+    let cluster = ClusterKey::new(KEY.to_vec()).unwrap();
+    // Headers announcing a large body (under the message cap), and no body at all: the tag
+    // is checked from the headers, so the refusal comes at once, not after the body timeout.
+    let big = 1_000_000;
+    let forged = format!(
+        "{TIME_HEADER}: 1\r\n{NONCE_HEADER}: 1\r\n{DIGEST_HEADER}: {}\r\n{TAG_HEADER}: {}\r\n",
+        "00".repeat(32),
+        "ab".repeat(32)
+    );
+    let started = std::time::Instant::now();
+    for extra in [forged.as_str(), ""] {
+        let req = http("POST", "/internal/rpc", &a, &format!("content-length: {big}\r\n{extra}"), b"");
+        let resp = head_within(&a, &req, Duration::from_secs(2)).await;
+        let resp = resp.expect("no answer before the body was sent");
+        assert_eq!(status_of(&resp), 401, "{resp}");
+    }
+    // A signed call announcing more than any message: 413 from Content-Length alone.
+    let too_big = http("POST", "/internal/rpc", &a, &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")), b"");
+    let resp = head_within(&a, &too_big, Duration::from_secs(2)).await.expect("no answer");
+    assert_eq!(status_of(&resp), 413, "{resp}");
+    eprintln!("refusals before the body took {:?} in all", started.elapsed());
+    ring.all_answer().await;
 }

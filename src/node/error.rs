@@ -90,6 +90,9 @@ pub enum Error {
     /// The configured cluster key is unusable: fix the key file.
     #[error(transparent)]
     ClusterKey(#[from] super::auth::KeyTooShort),
+    /// A client token was configured without a cluster key: give one (startup only).
+    #[error(transparent)]
+    TokenWithoutKey(#[from] super::auth::TokenWithoutKey),
     /// A node-to-node message did not decode: 400.
     #[error("bad message: {0}")]
     Wire(#[from] wire::Error),
@@ -151,7 +154,7 @@ impl Error {
                 StatusCode::CONFLICT
             }
             Error::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
-            Error::ClusterKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::ClusterKey(_) | Error::TokenWithoutKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_)
             | Error::CommitFailed(_)
             | Error::StoreGone

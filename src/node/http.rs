@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, AuthError, Signature, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::auth::{self, AuthError, BodyDigest, Signature, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::{BadInput, Error, Result};
 use super::peer::{RPC_PATH, WIRE_TYPE};
 use super::{Node, MAX_KEY_BYTES};
@@ -301,17 +301,29 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     Ok(resp)
 }
 
+/// Checks a node-to-node call's tag from its headers alone, before its body is read. Ok(None):
+/// the node has no cluster key, and calls are not authenticated.
+fn authenticate_call(node: &Node, req: &hyper::Request<Incoming>) -> Result<Option<BodyDigest>> {
+    let Some(key) = &node.inner.key else {
+        return Ok(None);
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let sig = Signature {
+        time: header(TIME_HEADER),
+        nonce: header(NONCE_HEADER),
+        digest: header(DIGEST_HEADER),
+        tag: header(TAG_HEADER),
+    };
+    Ok(Some(key.verify("POST", RPC_PATH, sig)?))
+}
+
+/// A node-to-node call: authenticated from its headers, then its body is read (size checked
+/// from Content-Length first), checked against the signed digest, and decoded.
 async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (time, nonce, tag) = (header(TIME_HEADER), header(NONCE_HEADER), header(TAG_HEADER));
-    if node.inner.key.is_some() && (time.is_none() || nonce.is_none() || tag.is_none()) {
-        // Refuse an unsigned call before reading a body it may not send.
-        return Err(AuthError::BadTag.into());
-    }
+    let digest = authenticate_call(node, &req)?;
     let body = read_body(req, node.inner.config.max_message()).await?;
-    if let Some(key) = &node.inner.key {
-        let sig = Signature { time: time.as_deref(), nonce: nonce.as_deref(), tag: tag.as_deref() };
-        key.verify("POST", RPC_PATH, sig, &body)?;
+    if let Some(digest) = digest {
+        digest.check(&body)?;
     }
     let request = Request::decode(&body)?;
     let response: Response = node.rpc(request).await?;

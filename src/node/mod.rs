@@ -177,6 +177,7 @@ impl Node {
         if config.replicas == 0 || config.replicas > config.successors {
             return Err(Error::BadReplicas { replicas: config.replicas, successors: config.successors });
         }
+        auth::check_token_needs_key(config.client_token.is_some(), config.cluster_key.is_some())?;
         let storage = Storage::open(&config.data_dir)?;
         let me = Peer::new(config.advertise.clone());
         let key = config.cluster_key.clone().map(auth::ClusterKey::new).transpose()?.map(Arc::new);
