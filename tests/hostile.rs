@@ -208,6 +208,13 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             http("POST", "/internal/rpc", &a, &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")), b""),
             413,
         ),
+        ("percent-encoding with a sign", http("GET", "/kv/%+1", &a, "", b""), 400),
+        ("HTTP/1.1 without Host", b"GET /kv/key-1 HTTP/1.1\r\nconnection: close\r\n\r\n".to_vec(), 400),
+        (
+            "HTTP/1.1 with two Host headers",
+            http("GET", "/kv/key-1", &a, &format!("host: {a}\r\n"), b""),
+            400,
+        ),
         ("signed garbage", signed(&cluster, &a, b"\x01\xff\xff\xff"), 400),
         ("signed wrong version", signed(&cluster, &a, &wrong_version), 400),
         ("signed message with a forged node id", signed(&cluster, &a, &forged_from), 400),
@@ -453,4 +460,78 @@ async fn internal_calls_are_authenticated_before_their_body_is_read() {
     assert_eq!(status_of(&resp), 413, "{resp}");
     eprintln!("refusals before the body took {:?} in all", started.elapsed());
     ring.all_answer().await;
+}
+
+/// The value of header `name` in a raw answer (names compared case-insensitively).
+fn header_of<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_conformance() {
+    let ring = start().await;
+    let a = ring.nodes[0].addr.clone();
+    // A correct Allow on each route.
+    for (method, path, allow) in [
+        ("POST", "/kv/key-1", "GET, HEAD, PUT, DELETE"),
+        ("DELETE", "/status", "GET, HEAD"),
+        ("PUT", "/ring", "GET, HEAD"),
+        ("GET", "/leave", "POST"),
+        ("GET", "/internal/rpc", "POST"),
+    ] {
+        let resp = raw(&a, &http(method, path, &a, "content-length: 0\r\n", b"")).await;
+        assert_eq!(status_of(&resp), 405, "{method} {path}: {resp}");
+        assert_eq!(header_of(&resp, "allow"), Some(allow), "{method} {path}: {resp}");
+    }
+    // A value is application/octet-stream; HEAD gets GET's head and no body.
+    let get = raw(&a, &http("GET", "/kv/key-1", &a, "", b"")).await;
+    assert_eq!(status_of(&get), 200, "{get}");
+    assert_eq!(header_of(&get, "content-type"), Some("application/octet-stream"), "{get}");
+    let head = raw(&a, &http("HEAD", "/kv/key-1", &a, "", b"")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    for name in ["content-type", "content-length", "x-sdht-hops", "x-sdht-owner"] {
+        assert_eq!(header_of(&head, name), header_of(&get, name), "{name}: {head}");
+    }
+    assert!(head.ends_with("\r\n\r\n"), "HEAD answered with a body: {head:?}");
+    let head_status = raw(&a, &http("HEAD", "/status", &a, "", b"")).await;
+    assert_eq!(status_of(&head_status), 200, "{head_status}");
+    assert!(head_status.ends_with("\r\n\r\n"), "{head_status:?}");
+    assert_eq!(status_of(&raw(&a, &http("HEAD", "/kv/absent", &a, "", b"")).await), 404);
+    // HTTP/1.0 may leave Host out.
+    let old = raw(&a, b"GET /kv/key-1 HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&old), 200, "{old}");
+    // Every /kv answer carries x-sdht-hops, refusals too.
+    for (what, req) in [
+        ("bad key", http("GET", "/kv/%zz", &a, "", b"")),
+        ("wrong method", http("POST", "/kv/key-1", &a, "content-length: 0\r\n", b"")),
+        ("too large", http("PUT", "/kv/key-1", &a, "content-length: 999999\r\n", b"")),
+        ("no Host", b"GET /kv/key-1 HTTP/1.1\r\n\r\n".to_vec()),
+        ("absent", http("GET", "/kv/absent", &a, "", b"")),
+    ] {
+        let resp = raw(&a, &req).await;
+        assert!((400..500).contains(&status_of(&resp)), "{what}: {resp}");
+        assert!(header_of(&resp, "x-sdht-hops").is_some(), "{what}: {resp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_refusals_carry_hops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, key) = token_and_key(dir.path());
+    let n = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &["--client-token-file", &token, "--cluster-key-file", &key])
+        .await;
+    let a = n.addr.clone();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let put = http("PUT", "/kv/k", &a, &format!("authorization: {scheme} t0ken\r\ncontent-length: 1\r\n"), b"v");
+        let resp = raw(&a, &put).await;
+        assert_eq!(status_of(&resp), 204, "{scheme}: {resp}");
+    }
+    let refused = raw(&a, &http("GET", "/kv/k", &a, "authorization: Basic t0ken\r\n", b"")).await;
+    assert_eq!(status_of(&refused), 401, "{refused}");
+    assert_eq!(header_of(&refused, "www-authenticate"), Some("Bearer"), "{refused}");
+    assert_eq!(header_of(&refused, "x-sdht-hops"), Some("0"), "{refused}");
 }

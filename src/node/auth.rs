@@ -246,11 +246,16 @@ impl ClusterKey {
     }
 }
 
-/// Compares a bearer token in constant time (for equal lengths).
+/// Compares a bearer token in constant time (for equal lengths). The scheme is
+/// case-insensitive and may be followed by several spaces (RFC 9110, 11.1 and 11.4).
 pub fn token_matches(header: Option<&str>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some((scheme, given)) = header.and_then(|h| h.split_once(' ')) else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let given = given.trim_start_matches(' ');
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
@@ -334,7 +339,11 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         assert!(token_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(token_matches(Some("bearer s3cret"), "s3cret"));
+        assert!(token_matches(Some("BEARER   s3cret"), "s3cret"));
         assert!(!token_matches(Some("Bearer s3creT"), "s3cret"));
+        assert!(!token_matches(Some("Basic s3cret"), "s3cret"));
+        assert!(!token_matches(Some("Bearers3cret"), "s3cret"));
         assert!(!token_matches(Some("s3cret"), "s3cret"));
         assert!(!token_matches(None, "s3cret"));
     }

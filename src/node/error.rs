@@ -23,6 +23,8 @@ pub enum BadInput {
     TruncatedBody,
     #[error("a handoff batch holds more records than a node sends")]
     BatchTooLarge,
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    BadHost,
 }
 
 /// Why a peer call failed.
@@ -64,9 +66,9 @@ pub enum Error {
     /// 404.
     #[error("not found")]
     NotFound,
-    /// A route exists but not for this method: 405.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// A route exists but not for this method: 405, with `allow` as the `Allow` header.
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed { allow: &'static str },
     /// The client sent the body too slowly: 408.
     #[error("timed out reading the request body")]
     BodyTimeout,
@@ -144,7 +146,7 @@ impl Error {
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::HopLimit(_) => StatusCode::LOOP_DETECTED,
             Error::Unavailable { .. } | Error::NotServing | Error::Join { .. } => {

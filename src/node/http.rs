@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, StatusCode};
+use hyper::{Method, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -38,6 +38,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RING_WALK: usize = 4096;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Forwards from the node asked to the key's owner, on every `/kv` answer.
+const HOPS_HEADER: &str = "x-sdht-hops";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
@@ -104,8 +106,8 @@ fn json(value: serde_json::Value) -> Resp {
 fn error_response(e: &Error) -> Resp {
     let mut r = text(e.status(), e.to_string());
     match e {
-        Error::MethodNotAllowed => {
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+        Error::MethodNotAllowed { allow } => {
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         Error::Unauthorized(AuthError::BadToken) => {
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -134,6 +136,7 @@ fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
 fn route_of(method: &Method, path: &str) -> &'static str {
     match (method, path) {
         (&Method::GET, p) if p.starts_with("/kv/") => "kv_get",
+        (&Method::HEAD, p) if p.starts_with("/kv/") => "kv_head",
         (&Method::PUT, p) if p.starts_with("/kv/") => "kv_put",
         (&Method::DELETE, p) if p.starts_with("/kv/") => "kv_delete",
         (_, p) if p.starts_with("/kv/") => "kv_other",
@@ -150,10 +153,45 @@ fn route_of(method: &Method, path: &str) -> &'static str {
 async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
     let started = std::time::Instant::now();
     let route = route_of(req.method(), req.uri().path());
-    let resp = route_request(&node, req).await;
+    let kv = req.uri().path().starts_with("/kv/");
+    let mut resp = match check_host(&req) {
+        Ok(()) => route_request(&node, req).await,
+        Err(e) => error_response(&e),
+    };
+    if kv && !resp.headers().contains_key(HOPS_HEADER) {
+        // Refused before it was routed: no forward was made.
+        resp.headers_mut().insert(HOPS_HEADER, HeaderValue::from(0));
+    }
     node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
     resp
 }
+
+/// An HTTP/1.1 request carries exactly one Host header (RFC 9112, 3.2).
+fn check_host(req: &hyper::Request<Incoming>) -> Result<()> {
+    if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
+        return Err(BadInput::BadHost.into());
+    }
+    Ok(())
+}
+
+/// The methods each route answers, as its `Allow` header lists them (HEAD wherever GET is).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        p if p.starts_with("/kv/") => Some("GET, HEAD, PUT, DELETE"),
+        "/status" | "/ring" | "/metrics" | "/" => Some("GET, HEAD"),
+        "/leave" | RPC_PATH => Some("POST"),
+        _ => None,
+    }
+}
+
+fn check_method(method: &Method, allow: &'static str) -> Result<()> {
+    if allow.split(", ").any(|m| m == method.as_str()) {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed { allow })
+    }
+}
+
 
 fn metrics(node: &Node) -> Resp {
     let m = &node.inner.metrics;
@@ -188,34 +226,26 @@ async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
             return error_response(&e);
         }
     }
+    let allowed = match allowed_methods(&path) {
+        None => Err(Error::NotFound),
+        Some(allow) => check_method(req.method(), allow),
+    };
+    if let Err(e) = allowed {
+        return error_response(&e);
+    }
     let result = match path.as_str() {
         p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => only(&req, Method::GET).map(|()| json(status_json(&node))),
-        "/metrics" => only(&req, Method::GET).map(|()| metrics(&node)),
-        "/" => only(&req, Method::GET).map(|()| page()),
-        "/ring" => match only(&req, Method::GET) {
-            Ok(()) => Ok(ring_walk(&node).await),
-            Err(e) => Err(e),
-        },
-        "/leave" => only(&req, Method::POST).map(|()| {
+        "/status" => Ok(json(status_json(&node))),
+        "/metrics" => Ok(metrics(&node)),
+        "/" => Ok(page()),
+        "/ring" => Ok(ring_walk(&node).await),
+        "/leave" => {
             node.inner.leave.cancel();
-            text(StatusCode::ACCEPTED, "leaving")
-        }),
-        RPC_PATH => match only(&req, Method::POST) {
-            Ok(()) => internal(&node, req).await,
-            Err(e) => Err(e),
-        },
-        _ => Err(Error::NotFound),
+            Ok(text(StatusCode::ACCEPTED, "leaving"))
+        }
+        _ => internal(&node, req).await,
     };
     result.unwrap_or_else(|e| error_response(&e))
-}
-
-fn only(req: &hyper::Request<Incoming>, method: Method) -> Result<()> {
-    if *req.method() == method {
-        Ok(())
-    } else {
-        Err(Error::MethodNotAllowed)
-    }
 }
 
 /// Checks a key's length (after decoding).
@@ -229,6 +259,10 @@ pub fn check_key(key: &[u8]) -> std::result::Result<(), BadInput> {
     }
 }
 
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
 /// Percent-decodes one path segment into a key.
 pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
     if segment.contains('/') {
@@ -239,9 +273,12 @@ pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' {
+            // Exactly two hex digits (`from_str_radix` alone would take "+1" as 1).
             let hex = raw.get(i + 1..i + 3).ok_or(BadInput::BadPercentEncoding)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| BadInput::BadPercentEncoding)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| BadInput::BadPercentEncoding)?);
+            let (Some(hi), Some(lo)) = (hex_digit(hex[0]), hex_digit(hex[1])) else {
+                return Err(BadInput::BadPercentEncoding);
+            };
+            out.push(hi << 4 | lo);
             i += 3;
         } else {
             out.push(raw[i]);
@@ -272,15 +309,18 @@ async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes>
 async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
     let key = parse_key(segment)?;
     let op = match *req.method() {
-        Method::GET => KvOp::Get,
+        Method::GET | Method::HEAD => KvOp::Get,
         Method::DELETE => KvOp::Delete,
-        Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
-        _ => return Err(Error::MethodNotAllowed),
+        _ => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
     };
     let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
     node.inner.metrics.hops.observe(f64::from(reply.hops));
     let mut resp = match reply.outcome {
-        KvOutcome::Value(v) => hyper::Response::new(Full::new(Bytes::from(v))),
+        KvOutcome::Value(v) => {
+            let mut r = hyper::Response::new(Full::new(Bytes::from(v)));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r
+        }
         KvOutcome::Done => {
             let mut r = hyper::Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
@@ -292,7 +332,7 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
         }
     };
     let headers = resp.headers_mut();
-    headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
+    headers.insert(HOPS_HEADER, HeaderValue::from(reply.hops));
     if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
         if !reply.owner.is_empty() {
             headers.insert("x-sdht-owner", owner);
@@ -397,6 +437,10 @@ mod tests {
         assert_eq!(parse_key("a/b"), Err(BadInput::KeyHasSlash));
         assert_eq!(parse_key("%zz"), Err(BadInput::BadPercentEncoding));
         assert_eq!(parse_key("%4"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("%+1"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("%-1"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("% 1"), Err(BadInput::BadPercentEncoding));
+        assert_eq!(parse_key("%c3%a9").unwrap(), "é");
         assert_eq!(parse_key("%FF"), Err(BadInput::KeyNotUtf8));
         assert_eq!(parse_key(&"k".repeat(256)).map(|k| k.len()), Ok(256));
         assert_eq!(parse_key(&"k".repeat(257)), Err(BadInput::KeyTooLong));
