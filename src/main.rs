@@ -90,6 +90,9 @@ enum Command {
         /// Allow a node without a cluster key to listen on a non-loopback address.
         #[arg(long)]
         insecure: bool,
+        /// Most client connections from one IP address; node-to-node calls do not count.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_CONNS_PER_CLIENT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        max_conns_per_client: u64,
         /// Most keys in one handoff batch (smaller batches: more, shorter requests).
         #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
         handoff_batch_keys: u64,
@@ -221,6 +224,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             client_token_file,
             private_status,
             insecure,
+            max_conns_per_client,
         } => {
             let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
             let client_token = secret(client_token_file.as_ref(), None)?
@@ -256,6 +260,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.cluster_key = cluster_key;
             config.client_token = client_token;
             config.private_status = private_status;
+            config.max_conns_per_client = max_conns_per_client as usize;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;

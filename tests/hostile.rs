@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -534,4 +536,170 @@ async fn the_bearer_scheme_is_case_insensitive_and_refusals_carry_hops() {
     assert_eq!(status_of(&refused), 401, "{refused}");
     assert_eq!(header_of(&refused, "www-authenticate"), Some("Bearer"), "{refused}");
     assert_eq!(header_of(&refused, "x-sdht-hops"), Some("0"), "{refused}");
+}
+
+/// Connections in one flood: more than the node's whole connection cap (1024).
+const FLOOD_CONNECTIONS: usize = 1100;
+/// A flooding connection sends one more header line this often, never ending its headers.
+const FLOOD_LINE_EVERY: Duration = Duration::from_secs(1);
+/// A flooding connection the node closed is reopened after this pause (bounds the churn).
+const FLOOD_REOPEN_AFTER: Duration = Duration::from_millis(200);
+/// Each request of the client that is not flooding must be answered within this time.
+const FAIR_ANSWER: Duration = Duration::from_secs(3);
+
+/// Slow-header connections from `source` to `addr`, reopened when closed, until stopped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+fn flood(addr: &str, source: std::net::IpAddr, n: usize) -> Flood {
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    for _ in 0..n {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((source, 0).into()).unwrap();
+                if let Ok(Ok(mut s)) = tokio::time::timeout(FLOOD_LINE_EVERY, socket.connect(to)).await {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    hold_open(&mut s, &stop).await;
+                }
+                tokio::time::sleep(FLOOD_REOPEN_AFTER).await;
+            }
+        });
+    }
+    Flood { stop, opened, tasks }
+}
+
+/// Dribbles header lines on `s` until the node closes it or the flood stops.
+async fn hold_open(s: &mut TcpStream, stop: &AtomicBool) {
+    if s.write_all(b"GET /kv/key-1 HTTP/1.1\r\nhost: x\r\n").await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { return },
+            _ = tokio::time::sleep(FLOOD_LINE_EVERY) => {
+                if s.write_all(b"x-slow: 1\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Flood {
+    /// Waits until the flood has opened `n` connections.
+    async fn opened(&self, n: u64) {
+        eventually("the flood to open its connections", || async { self.opened.load(Ordering::Relaxed) >= n })
+            .await;
+    }
+
+    /// Stops the flood; returns how many connections it opened.
+    async fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `count` GETs of a stored key through `addr`, each on a new connection; returns the
+/// number answered 200 within `FAIR_ANSWER` and the slowest answer.
+async fn fair_gets(addr: &str, count: usize) -> (usize, Duration) {
+    let (mut ok, mut slowest) = (0, Duration::ZERO);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(FAIR_ANSWER, Client::new().get(addr, "key-7")).await;
+        slowest = slowest.max(started.elapsed());
+        if matches!(got, Ok(Ok(ref a)) if a.status == 200 && &a.body[..] == b"value 7") {
+            ok += 1;
+        }
+    }
+    (ok, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_flooding_connections_does_not_lock_out_another() {
+    let ring = start().await;
+    let a = ring.nodes[0].addr.clone();
+    // The flood comes from 127.0.0.2; the other client (and the peers) from 127.0.0.1.
+    let flood = flood(&a, [127, 0, 0, 2].into(), FLOOD_CONNECTIONS);
+    flood.opened(FLOOD_CONNECTIONS as u64).await;
+    // The flooding address itself is held to its cap: a request on one more connection from
+    // it is refused with a reason.
+    let to: std::net::SocketAddr = a.parse().unwrap();
+    eventually("a request from the flooding address to be refused", || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 2], 0).into()).unwrap();
+        let mut s = socket.connect(to).await.unwrap();
+        s.write_all(&http("GET", "/kv/key-7", &a, "", b"")).await.unwrap();
+        let resp = read_head(&mut s, FAIR_ANSWER).await.unwrap_or_default();
+        status_of(&resp) == 503 && header_of(&resp, "connection") == Some("close")
+    })
+    .await;
+    // Run past the first-request timeout, so that closed flood connections come back.
+    let started = std::time::Instant::now();
+    let (mut ok, mut asked, mut slowest) = (0, 0, Duration::ZERO);
+    while started.elapsed() < Duration::from_secs(6) {
+        let (n, slow) = fair_gets(&a, 1).await;
+        (ok, asked, slowest) = (ok + n, asked + 1, slowest.max(slow));
+    }
+    let opened = flood.stop().await;
+    eprintln!("flood of {FLOOD_CONNECTIONS} (opened {opened}): other client {ok}/{asked} answered, slowest {slowest:?}");
+    assert_eq!(ok, asked, "the other client was locked out: {ok}/{asked}, slowest {slowest:?}");
+    ring.all_answer().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_the_peers_address_does_not_starve_the_ring() {
+    let ring = start().await;
+    let (a, b) = (ring.nodes[0].addr.clone(), ring.nodes[1].addr.clone());
+    // Same address as the peers: the per-client cap cannot tell them apart; the reserve must.
+    let flood = flood(&a, [127, 0, 0, 1].into(), FLOOD_CONNECTIONS);
+    flood.opened(FLOOD_CONNECTIONS as u64).await;
+    let client = Client::new();
+    let started = std::time::Instant::now();
+    let mut writes = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        // With three nodes and three replicas, every write lands on `a` too, through a peer call.
+        let put = tokio::time::timeout(FAIR_ANSWER, client.put(&b, &format!("flood-{writes}"), "v")).await;
+        assert!(matches!(put, Ok(Ok(ref r)) if r.status == 204), "write {writes} through {b}: {put:?}");
+        writes += 1;
+    }
+    let walk = ring_ids(&client, &b).await;
+    let opened = flood.stop().await;
+    eprintln!("flood from the peers' address (opened {opened}): {writes} writes acknowledged");
+    assert_eq!(walk.map(|w| w.len()), Some(3), "the walk from {b} through {a} broke");
+    wait_for_ring(&ring.nodes).await;
+    for i in 0..writes {
+        assert_eq!(client.get(&a, &format!("flood-{i}")).await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_first_headers_are_cut_off() {
+    let n = spawn(None).await;
+    let started = std::time::Instant::now();
+    let stop = AtomicBool::new(false);
+    // One connection dribbling header lines, one silent.
+    let mut dribbling = TcpStream::connect(&n.addr).await.unwrap();
+    let mut silent = TcpStream::connect(&n.addr).await.unwrap();
+    let bound = Duration::from_secs(6);
+    let silent_closed = async {
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(bound, silent.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "silent connection still open after {bound:?}");
+        started.elapsed()
+    };
+    let (dribble, silent_after) = tokio::join!(tokio::time::timeout(bound, hold_open(&mut dribbling, &stop)), silent_closed);
+    assert!(dribble.is_ok(), "dribbling connection still open after {bound:?}");
+    eprintln!("slow first headers closed after {:?} (silent: {silent_after:?})", started.elapsed());
+    // A prompt client is still served.
+    assert_eq!(Client::new().get(&n.addr, "k").await.unwrap().status, 404);
 }

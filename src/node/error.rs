@@ -27,6 +27,15 @@ pub enum BadInput {
     BadHost,
 }
 
+/// Why a client's connection may not carry its request (503; the connection is closed).
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum Crowded {
+    #[error("too many connections from your address (limit {0}); reuse fewer connections")]
+    Address(usize),
+    #[error("too many client connections to this node; retry shortly")]
+    Node,
+}
+
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -69,6 +78,9 @@ pub enum Error {
     /// A route exists but not for this method: 405, with `allow` as the `Allow` header.
     #[error("method not allowed (allowed: {allow})")]
     MethodNotAllowed { allow: &'static str },
+    /// The connection's address or the node has too many client connections: 503.
+    #[error("{0}")]
+    Crowded(#[from] Crowded),
     /// The client sent the body too slowly: 408.
     #[error("timed out reading the request body")]
     BodyTimeout,
@@ -147,6 +159,7 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Crowded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::HopLimit(_) => StatusCode::LOOP_DETECTED,
             Error::Unavailable { .. } | Error::NotServing | Error::Join { .. } => {

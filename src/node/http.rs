@@ -1,5 +1,14 @@
-//! The HTTP server: accept loop with a connection cap and graceful drain, the public API
-//! (`/kv`, `/status`, `/ring`, `/leave`) and the internal RPC endpoint.
+//! The HTTP server: accept loop with the connection budget (`limits`) and graceful drain, the
+//! public API (`/kv`, `/status`, `/ring`, `/leave`) and the internal RPC endpoint.
+//!
+//! Owns: routing requests to handlers, HTTP conformance (methods and `Allow`, `HEAD`, `Host`,
+//! content types), turning errors into answers, and the order of checks on a request: its
+//! connection's class, then authentication (a node-to-node call's tag from its headers, or
+//! the client token), then the body (under the size limit).
+//!
+//! Must not touch: ring logic and storage (it calls `Node`), tag arithmetic (`auth`).
+//!
+//! Left out on purpose: HTTP/2, TLS, compression, ranges and conditional requests.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -9,26 +18,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, AuthError, BodyDigest, Signature, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::auth::{AuthError, BodyDigest, Signature, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use super::error::{BadInput, Error, Result};
+use super::limits::{ConnLimits, Slot};
 use super::peer::{RPC_PATH, WIRE_TYPE};
-use super::{Node, MAX_KEY_BYTES};
+use super::{auth, Node, MAX_KEY_BYTES};
 use crate::wire::{KvOp, KvOutcome, KvRequest, Message, Request, Response, Status};
 
-/// Connections served at once. Each costs a task and buffers; past this the listener's
-/// backlog holds newcomers, so a flood of clients cannot exhaust memory or file descriptors.
-const MAX_CONNECTIONS: usize = 1024;
-/// A client must send its request headers within this time (slowloris).
+/// A request after the first on a connection (or an idle keep-alive connection) must send its
+/// headers within this time; the first request has `limits::FIRST_REQUEST_TIMEOUT`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its whole body within this time: 8 MiB at a slow 150 KiB/s.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,9 +52,16 @@ const HOPS_HEADER: &str = "x-sdht-hops";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
+/// What a request's handlers need: the node and the connection's slot.
+#[derive(Clone)]
+struct Ctx {
+    node: Node,
+    slot: Arc<Slot>,
+}
+
 pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = ConnLimits::new(node.inner.config.max_conns_per_client);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -54,14 +70,10 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
         // A client that shuts its write side after the request still gets its answer.
         .half_close(true);
     loop {
-        let permit = tokio::select! {
-            _ = halt.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
+        let (stream, from) = tokio::select! {
             _ = halt.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -69,16 +81,24 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
                 }
             },
         };
+        let Some(slot) = limits.admit(from.ip()) else {
+            tracing::debug!(client = %from, "every connection slot is busy; closing a new connection");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn_node = node.clone();
+        let ctx = Ctx { node: node.clone(), slot: Arc::new(slot) };
+        let slot = ctx.slot.clone();
         let service = service_fn(move |req| {
-            let node = conn_node.clone();
-            async move { Ok::<_, Infallible>(handle(node, req).await) }
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(ctx, req).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         node.inner.tasks.spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            tokio::select! {
+                _ = conn => {}
+                _ = slot.shed() => {}
+                _ = slot.first_request_late() => {}
+            }
         });
     }
     drop(listener);
@@ -112,6 +132,9 @@ fn error_response(e: &Error) -> Resp {
         Error::Unauthorized(AuthError::BadToken) => {
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        Error::Crowded(_) => {
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         _ => {}
     }
     r
@@ -132,6 +155,22 @@ fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
     }
 }
 
+/// Checks a node-to-node call's tag from its headers alone, before its body is read. Ok(None):
+/// the node has no cluster key, and calls are not authenticated.
+fn authenticate_call(node: &Node, req: &hyper::Request<Incoming>) -> Result<Option<BodyDigest>> {
+    let Some(key) = &node.inner.key else {
+        return Ok(None);
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let sig = Signature {
+        time: header(TIME_HEADER),
+        nonce: header(NONCE_HEADER),
+        digest: header(DIGEST_HEADER),
+        tag: header(TAG_HEADER),
+    };
+    Ok(Some(key.verify("POST", RPC_PATH, sig)?))
+}
+
 /// The route label of a request, for metrics.
 fn route_of(method: &Method, path: &str) -> &'static str {
     match (method, path) {
@@ -150,20 +189,32 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
-async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
+async fn handle(ctx: Ctx, req: hyper::Request<Incoming>) -> Resp {
     let started = std::time::Instant::now();
     let route = route_of(req.method(), req.uri().path());
     let kv = req.uri().path().starts_with("/kv/");
-    let mut resp = match check_host(&req) {
-        Ok(()) => route_request(&node, req).await,
-        Err(e) => error_response(&e),
-    };
+    let mut resp = admit_request(&ctx, req).await;
     if kv && !resp.headers().contains_key(HOPS_HEADER) {
         // Refused before it was routed: no forward was made.
         resp.headers_mut().insert(HOPS_HEADER, HeaderValue::from(0));
     }
-    node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
+    ctx.node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Settles the connection's class (its first request decides), checks `Host`, and routes. A
+/// node-to-node call is authenticated here, from its headers alone.
+async fn admit_request(ctx: &Ctx, req: hyper::Request<Incoming>) -> Resp {
+    let is_call = req.uri().path() == RPC_PATH && req.method() == Method::POST;
+    let call = is_call.then(|| authenticate_call(&ctx.node, &req));
+    let _busy = match ctx.slot.begin(matches!(call, Some(Ok(_)))) {
+        Ok(busy) => busy,
+        Err(crowded) => return error_response(&crowded.into()),
+    };
+    if let Err(e) = check_host(&req) {
+        return error_response(&e);
+    }
+    route_request(ctx, req, call).await
 }
 
 /// An HTTP/1.1 request carries exactly one Host header (RFC 9112, 3.2).
@@ -192,7 +243,6 @@ fn check_method(method: &Method, allow: &'static str) -> Result<()> {
     }
 }
 
-
 fn metrics(node: &Node) -> Resp {
     let m = &node.inner.metrics;
     m.keys.set(node.inner.storage.live_keys() as i64);
@@ -216,13 +266,14 @@ fn page() -> Resp {
     r
 }
 
-async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
-    let node = node.clone();
+/// `call`: for `POST /internal/rpc`, the outcome of `authenticate_call`.
+async fn route_request(ctx: &Ctx, req: hyper::Request<Incoming>, call: Option<Result<Option<BodyDigest>>>) -> Resp {
+    let node = &ctx.node;
     let path = req.uri().path().to_string();
     let public =
         matches!(path.as_str(), "/status" | "/ring" | "/metrics" | "/") && !node.inner.config.private_status;
     if path != RPC_PATH && !public {
-        if let Err(e) = authorize(&node, &req) {
+        if let Err(e) = authorize(node, &req) {
             return error_response(&e);
         }
     }
@@ -234,16 +285,20 @@ async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
         return error_response(&e);
     }
     let result = match path.as_str() {
-        p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => Ok(json(status_json(&node))),
-        "/metrics" => Ok(metrics(&node)),
+        p if p.starts_with("/kv/") => kv(ctx, &p[4..], req).await,
+        "/status" => Ok(json(status_json(node))),
+        "/metrics" => Ok(metrics(node)),
         "/" => Ok(page()),
-        "/ring" => Ok(ring_walk(&node).await),
+        "/ring" => Ok(ring_walk(node).await),
         "/leave" => {
             node.inner.leave.cancel();
             Ok(text(StatusCode::ACCEPTED, "leaving"))
         }
-        _ => internal(&node, req).await,
+        _ => match call {
+            Some(Ok(digest)) => internal(ctx, req, digest).await,
+            Some(Err(e)) => Err(e),
+            None => Err(Error::NotFound),
+        },
     };
     result.unwrap_or_else(|e| error_response(&e))
 }
@@ -306,7 +361,8 @@ async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes>
     }
 }
 
-async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
+async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
+    let node = &ctx.node;
     let key = parse_key(segment)?;
     let op = match *req.method() {
         Method::GET | Method::HEAD => KvOp::Get,
@@ -341,26 +397,10 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     Ok(resp)
 }
 
-/// Checks a node-to-node call's tag from its headers alone, before its body is read. Ok(None):
-/// the node has no cluster key, and calls are not authenticated.
-fn authenticate_call(node: &Node, req: &hyper::Request<Incoming>) -> Result<Option<BodyDigest>> {
-    let Some(key) = &node.inner.key else {
-        return Ok(None);
-    };
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let sig = Signature {
-        time: header(TIME_HEADER),
-        nonce: header(NONCE_HEADER),
-        digest: header(DIGEST_HEADER),
-        tag: header(TAG_HEADER),
-    };
-    Ok(Some(key.verify("POST", RPC_PATH, sig)?))
-}
-
-/// A node-to-node call: authenticated from its headers, then its body is read (size checked
-/// from Content-Length first), checked against the signed digest, and decoded.
-async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
-    let digest = authenticate_call(node, &req)?;
+/// A node-to-node call whose headers passed `authenticate_call`: its body is read (size
+/// checked from Content-Length first), checked against the signed digest, then decoded.
+async fn internal(ctx: &Ctx, req: hyper::Request<Incoming>, digest: Option<BodyDigest>) -> Result<Resp> {
+    let node = &ctx.node;
     let body = read_body(req, node.inner.config.max_message()).await?;
     if let Some(digest) = digest {
         digest.check(&body)?;

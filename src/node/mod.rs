@@ -16,6 +16,7 @@ pub mod client;
 pub mod demo;
 mod error;
 mod http;
+mod limits;
 mod membership;
 mod metrics;
 mod peer;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::{BadInput, Error, PeerError, Result};
 pub use http::parse_key;
+pub use limits::DEFAULT_MAX_CONNS_PER_CLIENT;
 
 use crate::lmdb::{Applied, Record, Write};
 use crate::ring::{key_id, Peer, RingState, Route};
@@ -87,6 +89,8 @@ pub struct Config {
     pub client_token: Option<String>,
     /// With a client token: `/status` and `/ring` need it too.
     pub private_status: bool,
+    /// Most client connections from one IP address (node-to-node calls do not count).
+    pub max_conns_per_client: usize,
 }
 
 impl Config {
@@ -105,6 +109,7 @@ impl Config {
             cluster_key: None,
             client_token: None,
             private_status: false,
+            max_conns_per_client: DEFAULT_MAX_CONNS_PER_CLIENT,
         }
     }
 
