@@ -93,6 +93,10 @@ enum Command {
         /// Most client connections from one IP address; node-to-node calls do not count.
         #[arg(long, default_value_t = node::DEFAULT_MAX_CONNS_PER_CLIENT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
         max_conns_per_client: u64,
+        /// Most request-body bytes received or held at once; an upload that does not fit
+        /// waits briefly, then gets 503.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_INFLIGHT_BYTES, value_name = "BYTES")]
+        max_inflight_bytes: usize,
         /// Most keys in one handoff batch (smaller batches: more, shorter requests).
         #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
         handoff_batch_keys: u64,
@@ -225,6 +229,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             private_status,
             insecure,
             max_conns_per_client,
+            max_inflight_bytes,
         } => {
             let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
             let client_token = secret(client_token_file.as_ref(), None)?
@@ -261,6 +266,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.client_token = client_token;
             config.private_status = private_status;
             config.max_conns_per_client = max_conns_per_client as usize;
+            config.max_inflight_bytes = max_inflight_bytes;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;

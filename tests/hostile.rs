@@ -703,3 +703,79 @@ async fn slow_first_headers_are_cut_off() {
     // A prompt client is still served.
     assert_eq!(Client::new().get(&n.addr, "k").await.unwrap().status, 404);
 }
+
+/// A kernel figure of process `pid` from /proc/PID/status, in bytes (e.g. "VmRSS", "VmHWM").
+fn vm_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Uploads announcing `announce` bytes that send `send` bytes and stall. Returns each one's
+/// status (0: none within `wait`) and the open connections, which the caller keeps.
+async fn stalled_uploads(addr: &str, n: usize, announce: usize, send: usize, wait: Duration) -> (Vec<u16>, Vec<TcpStream>) {
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let addr = addr.to_string();
+        uploads.spawn(async move {
+            let s = TcpStream::connect(&addr).await.unwrap();
+            let (mut rx, mut tx) = s.into_split();
+            let head = format!("PUT /kv/upload-{i} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {announce}\r\n\r\n");
+            let write = async move {
+                tx.write_all(head.as_bytes()).await?;
+                for _ in 0..send / 65536 {
+                    tx.write_all(&[b'x'; 65536]).await?;
+                }
+                Ok::<_, std::io::Error>(tx)
+            };
+            // A write the node does not read blocks; the answer may come meanwhile.
+            let (head, tx) = tokio::join!(read_head(&mut rx, wait), tokio::time::timeout(wait, write));
+            let status = head.as_deref().map_or(0, status_of);
+            let stream = match tx {
+                Ok(Ok(tx)) => rx.reunite(tx).ok(),
+                _ => None,
+            };
+            (status, stream)
+        });
+    }
+    let (mut statuses, mut streams) = (Vec::new(), Vec::new());
+    while let Some(done) = uploads.join_next().await {
+        let (status, stream) = done.unwrap();
+        statuses.push(status);
+        streams.extend(stream);
+    }
+    (statuses, streams)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_beyond_the_body_budget_get_503_and_memory_stays_bounded() {
+    // 32 MiB of bodies in flight, 24 of them for clients: three 8 MiB uploads.
+    let n = spawn_with(None, &["--max-inflight-bytes", &(32 << 20).to_string()]).await;
+    let pid = n.child.id().unwrap();
+    let before = vm_bytes(pid, "VmRSS");
+    let (uploads, announce, send) = (24, 8 << 20, 6 << 20);
+    let (statuses, _open) = stalled_uploads(&n.addr, uploads, announce, send, Duration::from_secs(10)).await;
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    let peak = vm_bytes(pid, "VmHWM") - before;
+    eprintln!("{uploads} stalled uploads of {send} of {announce} bytes: {refused} got 503, others {:?}; RSS peak +{} MiB", statuses.iter().filter(|s| **s != 503).collect::<Vec<_>>(), peak >> 20);
+    assert!(refused >= uploads - 3, "only {refused} of {uploads} refused: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 503 || *s == 0), "{statuses:?}");
+    // 3 x 6 MiB held, plus buffers; without the budget it is 24 x 6 MiB.
+    assert!(peak < 64 << 20, "RSS grew by {} MiB", peak >> 20);
+    let resp = raw(&n.addr, &http("PUT", "/kv/after", &n.addr, "content-length: 1\r\n", b"v")).await;
+    assert_eq!(status_of(&resp), 503, "the budget is still held by the stalled uploads: {resp}");
+    assert!(resp.contains("too many request bodies in flight"), "{resp}");
+}
+
+/// The finding's attack with default flags, for the record (`-- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_stalled_uploads_with_defaults() {
+    let n = spawn(None).await;
+    let pid = n.child.id().unwrap();
+    let before = vm_bytes(pid, "VmRSS");
+    let (statuses, _open) = stalled_uploads(&n.addr, 128, 8 << 20, 6 << 20, Duration::from_secs(20)).await;
+    let peak = vm_bytes(pid, "VmHWM") - before;
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    eprintln!("128 stalled uploads of 6 of 8 MiB: {refused} got 503; RSS peak +{} MiB", peak >> 20);
+}

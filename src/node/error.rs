@@ -78,6 +78,9 @@ pub enum Error {
     /// A route exists but not for this method: 405, with `allow` as the `Allow` header.
     #[error("method not allowed (allowed: {allow})")]
     MethodNotAllowed { allow: &'static str },
+    /// The node's budget of request bodies in flight is spent: 503, retry shortly.
+    #[error("too many request bodies in flight on this node; retry shortly")]
+    Overloaded,
     /// The connection's address or the node has too many client connections: 503.
     #[error("{0}")]
     Crowded(#[from] Crowded),
@@ -159,7 +162,7 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Crowded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded | Error::Crowded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::HopLimit(_) => StatusCode::LOOP_DETECTED,
             Error::Unavailable { .. } | Error::NotServing | Error::Join { .. } => {

@@ -4,7 +4,7 @@
 //! Owns: routing requests to handlers, HTTP conformance (methods and `Allow`, `HEAD`, `Host`,
 //! content types), turning errors into answers, and the order of checks on a request: its
 //! connection's class, then authentication (a node-to-node call's tag from its headers, or
-//! the client token), then the body (under the size limit).
+//! the client token), then the body (under the size limit and the `body` budget).
 //!
 //! Must not touch: ring logic and storage (it calls `Node`), tag arithmetic (`auth`).
 //!
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, BodyDigest, Signature, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::body::{read_body, BodyBudget};
 use super::error::{BadInput, Error, Result};
 use super::limits::{ConnLimits, Slot};
 use super::peer::{RPC_PATH, WIRE_TYPE};
@@ -39,8 +40,6 @@ use crate::wire::{KvOp, KvOutcome, KvRequest, Message, Request, Response, Status
 /// A request after the first on a connection (or an idle keep-alive connection) must send its
 /// headers within this time; the first request has `limits::FIRST_REQUEST_TIMEOUT`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client must send its whole body within this time: 8 MiB at a slow 150 KiB/s.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long open connections may take to finish their requests at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most nodes one `/ring` walk visits, so a looping successor chain cannot keep it going.
@@ -52,16 +51,18 @@ const HOPS_HEADER: &str = "x-sdht-hops";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
-/// What a request's handlers need: the node and the connection's slot.
+/// What a request's handlers need: the node, the body budget and the connection's slot.
 #[derive(Clone)]
 struct Ctx {
     node: Node,
+    bodies: Arc<BodyBudget>,
     slot: Arc<Slot>,
 }
 
 pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let limits = ConnLimits::new(node.inner.config.max_conns_per_client);
+    let bodies = Arc::new(BodyBudget::new(node.inner.config.max_inflight_bytes));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -86,7 +87,7 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Ctx { node: node.clone(), slot: Arc::new(slot) };
+        let ctx = Ctx { node: node.clone(), bodies: bodies.clone(), slot: Arc::new(slot) };
         let slot = ctx.slot.clone();
         let service = service_fn(move |req| {
             let ctx = ctx.clone();
@@ -344,30 +345,19 @@ pub fn parse_key(segment: &str) -> std::result::Result<String, BadInput> {
     String::from_utf8(out).map_err(|_| BadInput::KeyNotUtf8)
 }
 
-/// Reads a body of at most `limit` bytes: refused from Content-Length before reading when
-/// it says more, and cut off while streaming when there is none.
-async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes> {
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadInput::BadContentLength)?;
-        if len > limit as u64 {
-            return Err(Error::TooLarge { limit });
-        }
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
-        Err(_) => Err(Error::BodyTimeout),
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Error::TooLarge { limit }),
-        Ok(Err(_)) => Err(BadInput::TruncatedBody.into()),
-    }
-}
-
 async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
     let node = &ctx.node;
     let key = parse_key(segment)?;
+    // Held until the request is done with the value.
+    let mut _reserved = None;
     let op = match *req.method() {
         Method::GET | Method::HEAD => KvOp::Get,
         Method::DELETE => KvOp::Delete,
-        _ => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
+        _ => {
+            let (value, reserved) = read_body(req, node.inner.config.max_value_bytes, &ctx.bodies, false).await?;
+            _reserved = Some(reserved);
+            KvOp::Put(value)
+        }
     };
     let reply = node.kv(KvRequest { key, op, hops: 0, addressed: false }).await;
     node.inner.metrics.hops.observe(f64::from(reply.hops));
@@ -401,7 +391,7 @@ async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<R
 /// checked from Content-Length first), checked against the signed digest, then decoded.
 async fn internal(ctx: &Ctx, req: hyper::Request<Incoming>, digest: Option<BodyDigest>) -> Result<Resp> {
     let node = &ctx.node;
-    let body = read_body(req, node.inner.config.max_message()).await?;
+    let (body, _reserved) = read_body(req, node.inner.config.max_message(), &ctx.bodies, true).await?;
     if let Some(digest) = digest {
         digest.check(&body)?;
     }

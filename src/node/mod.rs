@@ -12,6 +12,7 @@
 //! (the owner answers alone), and garbage collection of copies beyond a range's R replicas.
 
 pub mod auth;
+mod body;
 pub mod client;
 pub mod demo;
 mod error;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use body::DEFAULT_MAX_INFLIGHT_BYTES;
 pub use error::{BadInput, Error, PeerError, Result};
 pub use http::parse_key;
 pub use limits::DEFAULT_MAX_CONNS_PER_CLIENT;
@@ -91,6 +93,8 @@ pub struct Config {
     pub private_status: bool,
     /// Most client connections from one IP address (node-to-node calls do not count).
     pub max_conns_per_client: usize,
+    /// Most request-body bytes received or held at once, over all connections.
+    pub max_inflight_bytes: usize,
 }
 
 impl Config {
@@ -110,6 +114,7 @@ impl Config {
             client_token: None,
             private_status: false,
             max_conns_per_client: DEFAULT_MAX_CONNS_PER_CLIENT,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
         }
     }
 
