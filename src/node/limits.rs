@@ -15,14 +15,19 @@
 //! - At most `MAX_CONNECTIONS` sockets. Clients (every connection before its first request,
 //!   and those whose first request was not a node-to-node call) get at most
 //!   `MAX_CONNECTIONS - PEER_RESERVE` of them, and at most `per_client` from one IP address.
-//! - A connection that finds those budgets spent is still accepted, "on the reserve": it keeps
-//!   its slot only if its first request is an authenticated node-to-node call; a client
-//!   request there gets 503 and the connection closes. Peers of the ring thus always get in,
-//!   even when they share an address with a flooding client (a ring on loopback).
-//! - When a budget is full, an idle connection is shed (closed) to make room: first the oldest
-//!   silent connection on the reserve, then the connection idle longest among those of the
-//!   address holding the most. Connections in the middle of a request, and connections whose
-//!   first request was a node-to-node call, are never shed.
+//! - When a budget is full, an idle connection is shed (closed) to make room: for an address
+//!   at its cap, its own keep-alive connection idle longest (one that has served a request:
+//!   a pooled client opening a new connection no longer needs it; one still silent may be
+//!   about to send its first request, and has `FIRST_REQUEST_TIMEOUT`); for a full client
+//!   budget, the connection idle longest of the address holding the most; for a full node,
+//!   first the oldest silent connection on the reserve (below). "Idle" is before the first
+//!   request or between two; connections in the middle of a request, and those whose first
+//!   request was a node-to-node call, are never shed.
+//! - A connection that finds a budget spent with nothing to shed is still accepted, "on the
+//!   reserve": it keeps its slot only if its first request is an authenticated node-to-node
+//!   call; a client request there gets 503 and the connection closes. Peers of the ring thus
+//!   always get in, even when they share an address with a flooding client (a ring on
+//!   loopback).
 //! - A connection must send its first request's headers within `FIRST_REQUEST_TIMEOUT`.
 
 use std::cmp::Reverse;
@@ -74,6 +79,17 @@ struct Conn {
     kill: CancellationToken,
 }
 
+/// Where a victim to shed is looked for.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Every client connection, those on the reserve first.
+    Any,
+    /// Connections counted in the client budget.
+    Clients,
+    /// Keep-alive connections of one address (they have served a request).
+    Address(IpAddr),
+}
+
 #[derive(Default)]
 struct State {
     conns: HashMap<u64, Conn>,
@@ -117,16 +133,21 @@ impl ConnLimits {
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let mut st = self.state();
         if st.conns.len() >= MAX_CONNECTIONS {
-            let victim = st.victim(true)?;
+            let victim = st.victim(Scope::Any)?;
             st.shed(victim);
         }
-        let mut reserve = None;
-        if st.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_client {
-            reserve = Some(Crowded::Address(self.per_client));
+        let (scope, crowded) = if st.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_client {
+            (Some(Scope::Address(ip)), Crowded::Address(self.per_client))
         } else if st.clients >= CLIENT_BUDGET {
-            match st.victim(false) {
+            (Some(Scope::Clients), Crowded::Node)
+        } else {
+            (None, Crowded::Node)
+        };
+        let mut reserve = None;
+        if let Some(scope) = scope {
+            match st.victim(scope) {
                 Some(victim) => st.shed(victim),
-                None => reserve = Some(Crowded::Node),
+                None => reserve = Some(crowded),
             }
         }
         let id = st.next_id;
@@ -174,12 +195,17 @@ impl State {
         }
     }
 
-    /// The idle client connection to close first: a silent one on the reserve (unless
-    /// `reserve` is false), else the one idle longest of the address holding the most.
-    fn victim(&self, reserve: bool) -> Option<u64> {
+    /// The idle client connection in `scope` to close first: a silent one on the reserve,
+    /// else the one idle longest of the address holding the most.
+    fn victim(&self, scope: Scope) -> Option<u64> {
+        let in_scope = |c: &Conn| match scope {
+            Scope::Any => true,
+            Scope::Clients => c.reserve.is_none(),
+            Scope::Address(ip) => c.class == Class::Client && c.ip == ip,
+        };
         self.conns
             .iter()
-            .filter(|(_, c)| c.class != Class::Peer && !c.busy && (reserve || c.reserve.is_none()))
+            .filter(|(_, c)| c.class != Class::Peer && !c.busy && in_scope(c))
             .max_by_key(|(id, c)| {
                 let held = self.per_ip.get(&c.ip).copied().unwrap_or(0);
                 (c.reserve.is_some(), held, Reverse(c.idle_since), Reverse(**id))
@@ -258,12 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn one_address_gets_its_cap_then_only_the_reserve() {
+    fn an_address_at_its_cap_sheds_its_own_idle_connection() {
         let limits = ConnLimits::new(3);
         let slots: Vec<Slot> = (0..3).map(|_| limits.admit(ip(1)).unwrap()).collect();
-        for s in &slots {
-            drop(s.begin(false).unwrap());
-        }
+        let _busy = slots[0].begin(false).unwrap();
+        drop(slots[1].begin(false).unwrap());
+        let other = limits.admit(ip(2)).unwrap();
+        let fourth = limits.admit(ip(1)).unwrap();
+        // Its keep-alive connection goes; the busy one, the silent one (it may be about to
+        // send its first request) and other addresses stay.
+        assert!(slots[1].kill.is_cancelled());
+        assert!(!slots[0].kill.is_cancelled() && !slots[2].kill.is_cancelled() && !other.kill.is_cancelled());
+        let _fourth_busy = fourth.begin(false).unwrap();
+        assert_eq!(limits.open(), (4, 4));
+        // With only busy and silent ones left, a newcomer goes on the reserve.
+        let fifth = limits.admit(ip(1)).unwrap();
+        assert_eq!(fifth.begin(false).err(), Some(Crowded::Address(3)));
+    }
+
+    #[test]
+    fn an_address_with_its_cap_busy_gets_only_the_reserve() {
+        let limits = ConnLimits::new(3);
+        let slots: Vec<Slot> = (0..3).map(|_| limits.admit(ip(1)).unwrap()).collect();
+        let busy: Vec<Busy> = slots.iter().map(|s| s.begin(false).unwrap()).collect();
         assert_eq!(limits.open(), (3, 3));
         // The fourth is accepted on the reserve: a client request there is refused...
         let fourth = limits.admit(ip(1)).unwrap();
@@ -275,6 +318,7 @@ mod tests {
         assert_eq!(limits.open(), (5, 3));
         // Other addresses are not affected.
         drop(limits.admit(ip(2)).unwrap().begin(false).unwrap());
+        drop(busy);
         drop(slots);
         drop(fourth);
         assert_eq!(limits.open(), (1, 0));
@@ -287,6 +331,7 @@ mod tests {
         drop(first.begin(true).unwrap());
         let second = limits.admit(ip(1)).unwrap();
         assert!(second.begin(false).is_ok());
+        assert!(!first.kill.is_cancelled());
         assert_eq!(limits.open(), (2, 1));
     }
 
@@ -324,6 +369,7 @@ mod tests {
         for i in 0..MAX_CONNECTIONS {
             let s = limits.admit(ip(1)).unwrap();
             if i == 0 {
+                // Busy for the rest of the test: the others go on the reserve.
                 std::mem::forget(s.begin(false).unwrap());
             }
             slots.push(s);
