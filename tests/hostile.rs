@@ -88,7 +88,11 @@ fn status_of(resp: &str) -> u16 {
 
 /// The authentication headers of a call with `body`, signed with `key`, as header lines.
 fn signature(key: &ClusterKey, body: &[u8]) -> String {
-    key.sign("POST", "/internal/rpc", body).headers().iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect()
+    key.sign("POST", "/internal/rpc", body)
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect()
 }
 
 fn signed(key: &ClusterKey, addr: &str, body: &[u8]) -> Vec<u8> {
@@ -207,16 +211,18 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         ),
         (
             "signed call announcing more than any message",
-            http("POST", "/internal/rpc", &a, &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")), b""),
+            http(
+                "POST",
+                "/internal/rpc",
+                &a,
+                &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")),
+                b"",
+            ),
             413,
         ),
         ("percent-encoding with a sign", http("GET", "/kv/%+1", &a, "", b""), 400),
         ("HTTP/1.1 without Host", b"GET /kv/key-1 HTTP/1.1\r\nconnection: close\r\n\r\n".to_vec(), 400),
-        (
-            "HTTP/1.1 with two Host headers",
-            http("GET", "/kv/key-1", &a, &format!("host: {a}\r\n"), b""),
-            400,
-        ),
+        ("HTTP/1.1 with two Host headers", http("GET", "/kv/key-1", &a, &format!("host: {a}\r\n"), b""), 400),
         ("signed garbage", signed(&cluster, &a, b"\x01\xff\xff\xff"), 400),
         ("signed wrong version", signed(&cluster, &a, &wrong_version), 400),
         ("signed message with a forged node id", signed(&cluster, &a, &forged_from), 400),
@@ -364,7 +370,8 @@ async fn a_client_token_guards_kv_and_optionally_status() {
     let guarded = ["--client-token-file", &token, "--cluster-key-file", &key];
     let open = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &guarded).await;
     let private =
-        spawn_at("127.0.0.1:0", &dir.path().join("b"), None, &[&guarded[..], &["--private-status"]].concat()).await;
+        spawn_at("127.0.0.1:0", &dir.path().join("b"), None, &[&guarded[..], &["--private-status"]].concat())
+            .await;
     let anonymous = Client::new();
     let holder = Client::new().with_token(Some("t0ken".into()));
     for n in [&open, &private] {
@@ -427,6 +434,7 @@ async fn a_client_token_without_a_cluster_key_is_refused_at_startup() {
         .args(["serve", "--listen", "127.0.0.1:0", "--client-token-file", &token, "--data"])
         .arg(dir.path().join("data"))
         .env_remove("SDHT_CLUSTER_KEY")
+        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -457,7 +465,13 @@ async fn internal_calls_are_authenticated_before_their_body_is_read() {
         assert_eq!(status_of(&resp), 401, "{resp}");
     }
     // A signed call announcing more than any message: 413 from Content-Length alone.
-    let too_big = http("POST", "/internal/rpc", &a, &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")), b"");
+    let too_big = http(
+        "POST",
+        "/internal/rpc",
+        &a,
+        &format!("content-length: 99999999\r\n{}", signature(&cluster, b"")),
+        b"",
+    );
     let resp = head_within(&a, &too_big, Duration::from_secs(2)).await.expect("no answer");
     assert_eq!(status_of(&resp), 413, "{resp}");
     eprintln!("refusals before the body took {:?} in all", started.elapsed());
@@ -524,11 +538,22 @@ async fn http_conformance() {
 async fn the_bearer_scheme_is_case_insensitive_and_refusals_carry_hops() {
     let dir = tempfile::tempdir().unwrap();
     let (token, key) = token_and_key(dir.path());
-    let n = spawn_at("127.0.0.1:0", &dir.path().join("a"), None, &["--client-token-file", &token, "--cluster-key-file", &key])
-        .await;
+    let n = spawn_at(
+        "127.0.0.1:0",
+        &dir.path().join("a"),
+        None,
+        &["--client-token-file", &token, "--cluster-key-file", &key],
+    )
+    .await;
     let a = n.addr.clone();
     for scheme in ["Bearer", "bearer", "BEARER"] {
-        let put = http("PUT", "/kv/k", &a, &format!("authorization: {scheme} t0ken\r\ncontent-length: 1\r\n"), b"v");
+        let put = http(
+            "PUT",
+            "/kv/k",
+            &a,
+            &format!("authorization: {scheme} t0ken\r\ncontent-length: 1\r\n"),
+            b"v",
+        );
         let resp = raw(&a, &put).await;
         assert_eq!(status_of(&resp), 204, "{scheme}: {resp}");
     }
@@ -597,8 +622,10 @@ async fn hold_open(s: &mut TcpStream, stop: &AtomicBool) {
 impl Flood {
     /// Waits until the flood has opened `n` connections.
     async fn opened(&self, n: u64) {
-        eventually("the flood to open its connections", || async { self.opened.load(Ordering::Relaxed) >= n })
-            .await;
+        eventually("the flood to open its connections", || async {
+            self.opened.load(Ordering::Relaxed) >= n
+        })
+        .await;
     }
 
     /// Stops the flood; returns how many connections it opened.
@@ -660,7 +687,9 @@ async fn a_client_whose_connections_are_all_busy_gets_503_for_more() {
     let mut busy = Vec::new();
     for i in 0..8 {
         let mut s = connect_from([127, 0, 0, 2], &a).await;
-        let put = format!("PUT /kv/busy-{i} HTTP/1.1\r\nhost: {a}\r\ncontent-length: 10\r\nexpect: 100-continue\r\n\r\n");
+        let put = format!(
+            "PUT /kv/busy-{i} HTTP/1.1\r\nhost: {a}\r\ncontent-length: 10\r\nexpect: 100-continue\r\n\r\n"
+        );
         s.write_all(put.as_bytes()).await.unwrap();
         let head = read_head(&mut s, DEADLINE).await.expect("no 100 Continue");
         assert_eq!(status_of(&head), 100, "{head}");
@@ -721,7 +750,8 @@ async fn slow_first_headers_are_cut_off() {
         assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "silent connection still open after {bound:?}");
         started.elapsed()
     };
-    let (dribble, silent_after) = tokio::join!(tokio::time::timeout(bound, hold_open(&mut dribbling, &stop)), silent_closed);
+    let (dribble, silent_after) =
+        tokio::join!(tokio::time::timeout(bound, hold_open(&mut dribbling, &stop)), silent_closed);
     assert!(dribble.is_ok(), "dribbling connection still open after {bound:?}");
     eprintln!("slow first headers closed after {:?} (silent: {silent_after:?})", started.elapsed());
     // A prompt client is still served.
@@ -737,14 +767,21 @@ fn vm_bytes(pid: u32, field: &str) -> u64 {
 
 /// Uploads announcing `announce` bytes that send `send` bytes and stall. Returns each one's
 /// status (0: none within `wait`) and the open connections, which the caller keeps.
-async fn stalled_uploads(addr: &str, n: usize, announce: usize, send: usize, wait: Duration) -> (Vec<u16>, Vec<TcpStream>) {
+async fn stalled_uploads(
+    addr: &str,
+    n: usize,
+    announce: usize,
+    send: usize,
+    wait: Duration,
+) -> (Vec<u16>, Vec<TcpStream>) {
     let mut uploads = tokio::task::JoinSet::new();
     for i in 0..n {
         let addr = addr.to_string();
         uploads.spawn(async move {
             let s = TcpStream::connect(&addr).await.unwrap();
             let (mut rx, mut tx) = s.into_split();
-            let head = format!("PUT /kv/upload-{i} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {announce}\r\n\r\n");
+            let head =
+                format!("PUT /kv/upload-{i} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {announce}\r\n\r\n");
             let write = async move {
                 tx.write_all(head.as_bytes()).await?;
                 for _ in 0..send / 65536 {

@@ -211,8 +211,7 @@ impl ClusterKey {
         let t: u64 = sig.time.and_then(|t| t.parse().ok()).ok_or(AuthError::BadTag)?;
         let nonce = sig.nonce.ok_or(AuthError::BadTag)?;
         let digest_hex = sig.digest.ok_or(AuthError::BadTag)?;
-        let digest: [u8; 32] =
-            unhex(digest_hex).and_then(|d| d.try_into().ok()).ok_or(AuthError::BadTag)?;
+        let digest: [u8; 32] = unhex(digest_hex).and_then(|d| d.try_into().ok()).ok_or(AuthError::BadTag)?;
         let given = sig.tag.and_then(unhex).ok_or(AuthError::BadTag)?;
         // verify_slice compares in constant time.
         tag(&self.key, method, path, t, nonce, digest_hex)

@@ -18,9 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode, Version};
@@ -268,7 +266,11 @@ fn page() -> Resp {
 }
 
 /// `call`: for `POST /internal/rpc`, the outcome of `authenticate_call`.
-async fn route_request(ctx: &Ctx, req: hyper::Request<Incoming>, call: Option<Result<Option<BodyDigest>>>) -> Resp {
+async fn route_request(
+    ctx: &Ctx,
+    req: hyper::Request<Incoming>,
+    call: Option<Result<Option<BodyDigest>>>,
+) -> Resp {
     let node = &ctx.node;
     let path = req.uri().path().to_string();
     let public =
@@ -354,7 +356,8 @@ async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<R
         Method::GET | Method::HEAD => KvOp::Get,
         Method::DELETE => KvOp::Delete,
         _ => {
-            let (value, reserved) = read_body(req, node.inner.config.max_value_bytes, &ctx.bodies, false).await?;
+            let (value, reserved) =
+                read_body(req, node.inner.config.max_value_bytes, &ctx.bodies, false).await?;
             _reserved = Some(reserved);
             KvOp::Put(value)
         }

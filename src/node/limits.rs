@@ -55,6 +55,7 @@ pub const DEFAULT_MAX_CONNS_PER_CLIENT: usize = 64;
 /// client that connects and then stalls holds its slot at most this long.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connections clients may hold in all; the rest is the peers' reserve.
 const CLIENT_BUDGET: usize = MAX_CONNECTIONS - PEER_RESERVE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +157,14 @@ impl ConnLimits {
             st.count(ip, 1);
         }
         let kill = CancellationToken::new();
-        let conn = Conn { ip, class: Class::Pending, reserve, busy: false, idle_since: Instant::now(), kill: kill.clone() };
+        let conn = Conn {
+            ip,
+            class: Class::Pending,
+            reserve,
+            busy: false,
+            idle_since: Instant::now(),
+            kill: kill.clone(),
+        };
         st.conns.insert(id, conn);
         Some(Slot { id, limits: self.clone(), kill })
     }
