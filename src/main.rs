@@ -80,7 +80,8 @@ enum Command {
         /// calls are signed with it and unsigned ones refused.
         #[arg(long, value_name = "PATH")]
         cluster_key_file: Option<PathBuf>,
-        /// Require `Authorization: Bearer TOKEN` (the file's content) on /kv and /leave.
+        /// Require `Authorization: Bearer TOKEN` (the file's content) on /kv and /leave. Needs
+        /// a cluster key: without one, node-to-node calls would bypass the token.
         #[arg(long, value_name = "PATH")]
         client_token_file: Option<PathBuf>,
         /// With a client token, require it on /status and /ring too.
@@ -89,6 +90,13 @@ enum Command {
         /// Allow a node without a cluster key to listen on a non-loopback address.
         #[arg(long)]
         insecure: bool,
+        /// Most client connections from one IP address; node-to-node calls do not count.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_CONNS_PER_CLIENT as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        max_conns_per_client: u64,
+        /// Most request-body bytes received or held at once; an upload that does not fit
+        /// waits briefly, then gets 503.
+        #[arg(long, default_value_t = node::DEFAULT_MAX_INFLIGHT_BYTES, value_name = "BYTES")]
+        max_inflight_bytes: usize,
         /// Most keys in one handoff batch (smaller batches: more, shorter requests).
         #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
         handoff_batch_keys: u64,
@@ -220,8 +228,14 @@ async fn run() -> anyhow::Result<ExitCode> {
             client_token_file,
             private_status,
             insecure,
+            max_conns_per_client,
+            max_inflight_bytes,
         } => {
             let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
+            let client_token = secret(client_token_file.as_ref(), None)?
+                .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
+                .transpose()?;
+            node::auth::check_token_needs_key(client_token.is_some(), cluster_key.is_some())?;
             // Checked before binding: an unauthenticated node never opens a public port.
             let wanted: Vec<_> = tokio::net::lookup_host(&listen)
                 .await
@@ -249,10 +263,10 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.successors = successors as usize;
             config.replicas = replicas as usize;
             config.cluster_key = cluster_key;
-            config.client_token = secret(client_token_file.as_ref(), None)?
-                .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
-                .transpose()?;
+            config.client_token = client_token;
             config.private_status = private_status;
+            config.max_conns_per_client = max_conns_per_client as usize;
+            config.max_inflight_bytes = max_inflight_bytes;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;

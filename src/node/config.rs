@@ -55,6 +55,10 @@ pub struct Config {
     pub client_token: Option<String>,
     /// With a client token: `/status` and `/ring` need it too.
     pub private_status: bool,
+    /// Most client connections from one IP address (node-to-node calls do not count).
+    pub max_conns_per_client: usize,
+    /// Most request-body bytes received or held at once, over all connections.
+    pub max_inflight_bytes: usize,
 }
 
 impl Config {
@@ -73,6 +77,8 @@ impl Config {
             cluster_key: None,
             client_token: None,
             private_status: false,
+            max_conns_per_client: super::DEFAULT_MAX_CONNS_PER_CLIENT,
+            max_inflight_bytes: super::DEFAULT_MAX_INFLIGHT_BYTES,
         }
     }
 

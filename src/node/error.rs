@@ -24,6 +24,17 @@ pub enum BadInput {
     TruncatedBody,
     #[error("a handoff batch holds more records than a node sends")]
     BatchTooLarge,
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    BadHost,
+}
+
+/// Why a client's connection may not carry its request (503; the connection is closed).
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum Crowded {
+    #[error("too many connections from your address (limit {0}); reuse fewer connections")]
+    Address(usize),
+    #[error("too many client connections to this node; retry shortly")]
+    Node,
 }
 
 /// Why a call to a peer failed.
@@ -90,9 +101,15 @@ pub enum Error {
     TooLarge { limit: usize },
     #[error("not found")]
     NotFound,
-    /// A route exists but not for this method; carries the methods it allows.
-    #[error("method not allowed")]
-    MethodNotAllowed(&'static str),
+    /// A route exists but not for this method; `allow` goes in the `Allow` header.
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed { allow: &'static str },
+    /// The node's budget of request bodies in flight is spent; retry shortly.
+    #[error("too many request bodies in flight on this node; retry shortly")]
+    Overloaded,
+    /// The connection's address or the node has too many client connections.
+    #[error("{0}")]
+    Crowded(#[from] Crowded),
     /// The client sent the body too slowly.
     #[error("timed out reading the request body")]
     BodyTimeout,
@@ -162,6 +179,9 @@ pub enum StartError {
     /// The configured cluster key is unusable.
     #[error(transparent)]
     ClusterKey(#[from] super::auth::KeyTooShort),
+    /// A client token was configured without a cluster key.
+    #[error(transparent)]
+    TokenWithoutKey(#[from] super::auth::TokenWithoutKey),
     #[error(transparent)]
     Store(#[from] lmdb::Error),
     #[error(transparent)]

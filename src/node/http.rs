@@ -1,8 +1,14 @@
-//! The HTTP server: accept loop with a connection cap and graceful drain, the public API
-//! (`/kv`, `/status`, `/ring`, `/leave`, `/metrics`, `/`) and the internal RPC endpoint.
+//! The HTTP server: accept loop with the connection budget (`limits`) and graceful drain, the
+//! public API (`/kv`, `/status`, `/ring`, `/leave`) and the internal RPC endpoint.
 //!
-//! Owns: HTTP. This is the one place where errors and protocol faults become status codes.
-//! Must not touch: routing, storage, membership (it calls the node's request path and RPC).
+//! Owns: routing requests to handlers, HTTP conformance (methods and `Allow`, `HEAD`, `Host`,
+//! content types), turning errors into answers, and the order of checks on a request: its
+//! connection's class, then authentication (a node-to-node call's tag from its headers, or
+//! the client token), then the body (under the size limit and the `body` budget).
+//!
+//! Must not touch: ring logic and storage (it calls `Node`), tag arithmetic (`auth`).
+//!
+//! Left out on purpose: HTTP/2, TLS, compression, ranges and conditional requests.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -10,44 +16,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, StatusCode};
+use hyper::{Method, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, AuthError, Signature, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::auth::{AuthError, BodyDigest, Signature, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::body::{read_body, BodyBudget};
 use super::error::{BadInput, Error, Result};
+use super::limits::{ConnLimits, Slot};
 use super::keys::parse_key;
 use super::peer::{RPC_PATH, WIRE_TYPE};
-use super::Node;
+use super::{auth, Node};
 use crate::wire::{Fault, KvOp, KvOutcome, Message, Request, Status};
 
-/// Connections served at once. Each costs a task and buffers; past this the listener's
-/// backlog holds newcomers, so a flood of clients cannot exhaust memory or file descriptors.
-const MAX_CONNECTIONS: usize = 1024;
-/// A client must send its request headers within this time (slowloris).
+/// A request after the first on a connection (or an idle keep-alive connection) must send its
+/// headers within this time; the first request has `limits::FIRST_REQUEST_TIMEOUT`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client must send its whole body within this time: 8 MiB at a slow 150 KiB/s.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long open connections may take to finish their requests at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most nodes one `/ring` walk visits, so a looping successor chain cannot keep it going.
 const MAX_RING_WALK: usize = 4096;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Forwards from the node asked to the key's owner, on every `/kv` answer.
+const HOPS_HEADER: &str = "x-sdht-hops";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
+/// What a request's handlers need: the node, the body budget and the connection's slot.
+#[derive(Clone)]
+struct Ctx {
+    node: Node,
+    bodies: Arc<BodyBudget>,
+    slot: Arc<Slot>,
+}
+
 pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = ConnLimits::new(node.inner.config.max_conns_per_client);
+    let bodies = Arc::new(BodyBudget::new(node.inner.config.max_inflight_bytes));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -56,14 +70,10 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
         // A client that shuts its write side after the request still gets its answer.
         .half_close(true);
     loop {
-        let permit = tokio::select! {
-            _ = halt.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
+        let (stream, from) = tokio::select! {
             _ = halt.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -71,16 +81,24 @@ pub async fn accept_loop(listener: TcpListener, node: Node, halt: CancellationTo
                 }
             },
         };
+        let Some(slot) = limits.admit(from.ip()) else {
+            tracing::debug!(client = %from, "every connection slot is busy; closing a new connection");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn_node = node.clone();
+        let ctx = Ctx { node: node.clone(), bodies: bodies.clone(), slot: Arc::new(slot) };
+        let slot = ctx.slot.clone();
         let service = service_fn(move |req| {
-            let node = conn_node.clone();
-            async move { Ok::<_, Infallible>(handle(node, req).await) }
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(ctx, req).await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         node.inner.tasks.spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            tokio::select! {
+                _ = conn => {}
+                _ = slot.shed() => {}
+                _ = slot.first_request_late() => {}
+            }
         });
     }
     drop(listener);
@@ -129,7 +147,8 @@ fn status_of(e: &Error) -> StatusCode {
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::NotFound => StatusCode::NOT_FOUND,
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Overloaded | Error::Crowded(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         Error::Fault(f) => fault_status(f),
         Error::Store(_) | Error::CommitFailed(_) | Error::StoreGone => StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,11 +158,14 @@ fn status_of(e: &Error) -> StatusCode {
 fn error_response(e: &Error) -> Resp {
     let mut r = text(status_of(e), e.to_string());
     match e {
-        Error::MethodNotAllowed(allow) => {
+        Error::MethodNotAllowed { allow } => {
             r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         Error::Unauthorized(AuthError::BadToken) => {
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Error::Crowded(_) => {
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         _ => {}
     }
@@ -165,10 +187,27 @@ fn authorize(node: &Node, req: &hyper::Request<Incoming>) -> Result<()> {
     }
 }
 
+/// Checks a node-to-node call's tag from its headers alone, before its body is read. Ok(None):
+/// the node has no cluster key, and calls are not authenticated.
+fn authenticate_call(node: &Node, req: &hyper::Request<Incoming>) -> Result<Option<BodyDigest>> {
+    let Some(key) = &node.inner.key else {
+        return Ok(None);
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let sig = Signature {
+        time: header(TIME_HEADER),
+        nonce: header(NONCE_HEADER),
+        digest: header(DIGEST_HEADER),
+        tag: header(TAG_HEADER),
+    };
+    Ok(Some(key.verify("POST", RPC_PATH, sig)?))
+}
+
 /// The route label of a request, for metrics.
 fn route_of(method: &Method, path: &str) -> &'static str {
     match (method, path) {
         (&Method::GET, p) if p.starts_with("/kv/") => "kv_get",
+        (&Method::HEAD, p) if p.starts_with("/kv/") => "kv_head",
         (&Method::PUT, p) if p.starts_with("/kv/") => "kv_put",
         (&Method::DELETE, p) if p.starts_with("/kv/") => "kv_delete",
         (_, p) if p.starts_with("/kv/") => "kv_other",
@@ -182,12 +221,59 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
-async fn handle(node: Node, req: hyper::Request<Incoming>) -> Resp {
+async fn handle(ctx: Ctx, req: hyper::Request<Incoming>) -> Resp {
     let started = std::time::Instant::now();
     let route = route_of(req.method(), req.uri().path());
-    let resp = route_request(&node, req).await;
-    node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
+    let kv = req.uri().path().starts_with("/kv/");
+    let mut resp = admit_request(&ctx, req).await;
+    if kv && !resp.headers().contains_key(HOPS_HEADER) {
+        // Refused before it was routed: no forward was made, no version is known.
+        resp.headers_mut().insert(HOPS_HEADER, HeaderValue::from(0));
+        resp.headers_mut().insert("x-sdht-version", HeaderValue::from(0));
+    }
+    ctx.node.inner.metrics.observe_request(route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Settles the connection's class (its first request decides), checks `Host`, and routes. A
+/// node-to-node call is authenticated here, from its headers alone.
+async fn admit_request(ctx: &Ctx, req: hyper::Request<Incoming>) -> Resp {
+    let is_call = req.uri().path() == RPC_PATH && req.method() == Method::POST;
+    let call = is_call.then(|| authenticate_call(&ctx.node, &req));
+    let _busy = match ctx.slot.begin(matches!(call, Some(Ok(_)))) {
+        Ok(busy) => busy,
+        Err(crowded) => return error_response(&crowded.into()),
+    };
+    if let Err(e) = check_host(&req) {
+        return error_response(&e);
+    }
+    route_request(ctx, req, call).await
+}
+
+/// An HTTP/1.1 request carries exactly one Host header (RFC 9112, 3.2).
+fn check_host(req: &hyper::Request<Incoming>) -> Result<()> {
+    if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
+        return Err(BadInput::BadHost.into());
+    }
+    Ok(())
+}
+
+/// The methods each route answers, as its `Allow` header lists them (HEAD wherever GET is).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        p if p.starts_with("/kv/") => Some("GET, HEAD, PUT, DELETE"),
+        "/status" | "/ring" | "/metrics" | "/" => Some("GET, HEAD"),
+        "/leave" | RPC_PATH => Some("POST"),
+        _ => None,
+    }
+}
+
+fn check_method(method: &Method, allow: &'static str) -> Result<()> {
+    if allow.split(", ").any(|m| m == method.as_str()) {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed { allow })
+    }
 }
 
 fn metrics(node: &Node) -> Resp {
@@ -212,70 +298,61 @@ fn page() -> Resp {
     r
 }
 
-async fn route_request(node: &Node, req: hyper::Request<Incoming>) -> Resp {
-    let node = node.clone();
+/// `call`: for `POST /internal/rpc`, the outcome of `authenticate_call`.
+async fn route_request(
+    ctx: &Ctx,
+    req: hyper::Request<Incoming>,
+    call: Option<Result<Option<BodyDigest>>>,
+) -> Resp {
+    let node = &ctx.node;
     let path = req.uri().path().to_string();
     let public =
         matches!(path.as_str(), "/status" | "/ring" | "/metrics" | "/") && !node.inner.config.private_status;
     if path != RPC_PATH && !public {
-        if let Err(e) = authorize(&node, &req) {
+        if let Err(e) = authorize(node, &req) {
             return error_response(&e);
         }
     }
+    let allowed = match allowed_methods(&path) {
+        None => Err(Error::NotFound),
+        Some(allow) => check_method(req.method(), allow),
+    };
+    if let Err(e) = allowed {
+        return error_response(&e);
+    }
     let result = match path.as_str() {
-        p if p.starts_with("/kv/") => kv(&node, &p[4..], req).await,
-        "/status" => only(&req, Method::GET, "GET").map(|()| json(status_json(&node))),
-        "/metrics" => only(&req, Method::GET, "GET").map(|()| metrics(&node)),
-        "/" => only(&req, Method::GET, "GET").map(|()| page()),
-        "/ring" => match only(&req, Method::GET, "GET") {
-            Ok(()) => Ok(ring_walk(&node).await),
-            Err(e) => Err(e),
-        },
-        "/leave" => only(&req, Method::POST, "POST").map(|()| {
+        p if p.starts_with("/kv/") => kv(ctx, &p[4..], req).await,
+        "/status" => Ok(json(status_json(node))),
+        "/metrics" => Ok(metrics(node)),
+        "/" => Ok(page()),
+        "/ring" => Ok(ring_walk(node).await),
+        "/leave" => {
             node.inner.leave.cancel();
-            text(StatusCode::ACCEPTED, "leaving")
-        }),
-        RPC_PATH => match only(&req, Method::POST, "POST") {
-            Ok(()) => internal(&node, req).await,
-            Err(e) => Err(e),
+            Ok(text(StatusCode::ACCEPTED, "leaving"))
+        }
+        _ => match call {
+            Some(Ok(digest)) => internal(ctx, req, digest).await,
+            Some(Err(e)) => Err(e),
+            None => Err(Error::NotFound),
         },
-        _ => Err(Error::NotFound),
     };
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-fn only(req: &hyper::Request<Incoming>, method: Method, allow: &'static str) -> Result<()> {
-    if *req.method() == method {
-        Ok(())
-    } else {
-        Err(Error::MethodNotAllowed(allow))
-    }
-}
-
-/// Reads a body of at most `limit` bytes: refused from Content-Length before reading when
-/// it says more, and cut off while streaming when there is none.
-async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes> {
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(BadInput::BadContentLength)?;
-        if len > limit as u64 {
-            return Err(Error::TooLarge { limit });
-        }
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
-        Err(_) => Err(Error::BodyTimeout),
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Error::TooLarge { limit }),
-        Ok(Err(_)) => Err(BadInput::TruncatedBody.into()),
-    }
-}
-
-async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
+async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<Resp> {
+    let node = &ctx.node;
     let key = parse_key(segment)?;
+    // Held until the request is done with the value.
+    let mut _reserved = None;
     let op = match *req.method() {
-        Method::GET => KvOp::Get,
+        Method::GET | Method::HEAD => KvOp::Get,
         Method::DELETE => KvOp::Delete,
-        Method::PUT => KvOp::Put(read_body(req, node.inner.config.max_value_bytes).await?.into()),
-        _ => return Err(Error::MethodNotAllowed("GET, PUT, DELETE")),
+        _ => {
+            let (value, reserved) =
+                read_body(req, node.inner.config.max_value_bytes, &ctx.bodies, false).await?;
+            _reserved = Some(reserved);
+            KvOp::Put(value)
+        }
     };
     let reply = node.client_kv(key, op).await;
     node.inner.metrics.hops.observe(f64::from(reply.hops));
@@ -294,7 +371,7 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
         KvOutcome::Failed(fault) => text(fault_status(&fault), fault.to_string()),
     };
     let headers = resp.headers_mut();
-    headers.insert("x-sdht-hops", HeaderValue::from(reply.hops));
+    headers.insert(HOPS_HEADER, HeaderValue::from(reply.hops));
     headers.insert("x-sdht-version", HeaderValue::from(reply.version));
     if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
         if !reply.owner.is_empty() {
@@ -304,17 +381,13 @@ async fn kv(node: &Node, segment: &str, req: hyper::Request<Incoming>) -> Result
     Ok(resp)
 }
 
-async fn internal(node: &Node, req: hyper::Request<Incoming>) -> Result<Resp> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (time, nonce, tag) = (header(TIME_HEADER), header(NONCE_HEADER), header(TAG_HEADER));
-    if node.inner.key.is_some() && (time.is_none() || nonce.is_none() || tag.is_none()) {
-        // Refuse an unsigned call before reading a body it may not send.
-        return Err(AuthError::BadTag.into());
-    }
-    let body = read_body(req, node.inner.config.max_message()).await?;
-    if let Some(key) = &node.inner.key {
-        let sig = Signature { time: time.as_deref(), nonce: nonce.as_deref(), tag: tag.as_deref() };
-        key.verify("POST", RPC_PATH, sig, &body)?;
+/// A node-to-node call whose headers passed `authenticate_call`: its body is read (size
+/// checked from Content-Length first), checked against the signed digest, then decoded.
+async fn internal(ctx: &Ctx, req: hyper::Request<Incoming>, digest: Option<BodyDigest>) -> Result<Resp> {
+    let node = &ctx.node;
+    let (body, _reserved) = read_body(req, node.inner.config.max_message(), &ctx.bodies, true).await?;
+    if let Some(digest) = digest {
+        digest.check(&body)?;
     }
     let request = Request::decode(&body)?;
     let response = node.rpc(request).await;

@@ -6,7 +6,8 @@
 //! - `rpc.rs`: what this node answers to other nodes; `peer.rs`: what it asks them (one typed
 //!   function per message).
 //! - `transfer.rs`: copying and dropping ranges; `storage.rs`: the store off the async threads.
-//! - `http.rs`: the HTTP server and the only mapping of errors to statuses.
+//! - `http.rs`: the HTTP server and the only mapping of errors to statuses; `limits.rs` and
+//!   `body.rs`: its connection and request-body budgets; `auth.rs`: tags and tokens.
 //! - `clock.rs`: versions (a hybrid logical clock) and per-epoch write counts.
 //!
 //! Must not touch: routing and membership rules (`ring`), byte formats (`wire`), the record
@@ -16,11 +17,13 @@
 //! (the owner answers alone), and garbage collection of copies beyond a range's R replicas.
 
 pub mod auth;
+mod body;
 mod clock;
 mod config;
 mod error;
 mod http;
 mod keys;
+mod limits;
 mod membership;
 mod metrics;
 mod peer;
@@ -41,7 +44,9 @@ pub use config::{
     Config, DEFAULT_HOP_LIMIT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PEER_TIMEOUT, DEFAULT_REPLICAS, DEFAULT_STABILIZE,
     DEFAULT_SUCCESSORS,
 };
+pub use body::DEFAULT_MAX_INFLIGHT_BYTES;
 pub use error::{BadInput, Error, PeerError, Result, StartError};
+pub use limits::DEFAULT_MAX_CONNS_PER_CLIENT;
 pub use keys::{parse_key, MAX_KEY_BYTES};
 
 use crate::ring::{Membership, Peer, View};
@@ -111,6 +116,7 @@ impl Node {
         if config.replicas == 0 || config.replicas > config.successors {
             return Err(StartError::BadReplicas { replicas: config.replicas, successors: config.successors });
         }
+        auth::check_token_needs_key(config.client_token.is_some(), config.cluster_key.is_some())?;
         if config.bootstrap.as_deref() == Some(config.advertise.as_str()) {
             return Err(StartError::BootstrapIsSelf);
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::auth::{ClusterKey, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
+use super::auth::ClusterKey;
 use super::error::PeerError;
 use crate::wire::{KvReply, KvRequest, MergeKind, Message, NodeInfo, Record, Request, Response, Status};
 
@@ -137,8 +137,9 @@ impl Peers {
         let mut builder =
             hyper::Request::post(format!("http://{addr}{RPC_PATH}")).header(CONTENT_TYPE, WIRE_TYPE);
         if let Some(key) = &self.key {
-            let (time, nonce, tag) = key.sign("POST", RPC_PATH, &body);
-            builder = builder.header(TIME_HEADER, time).header(NONCE_HEADER, nonce).header(TAG_HEADER, tag);
+            for (name, value) in key.sign("POST", RPC_PATH, &body).headers() {
+                builder = builder.header(name, value);
+            }
         }
         let http_req = builder.body(Full::new(Bytes::from(body))).map_err(|_| PeerError::BadAddress)?;
         let resp = self.client.request(http_req).await?;

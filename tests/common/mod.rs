@@ -186,7 +186,12 @@ pub async fn keys_on(client: &Client, addr: &str) -> u64 {
 pub async fn leave(client: &Client, node: &mut NodeProc) {
     let resp = client.call(&node.addr, hyper::Method::POST, "/leave", Default::default()).await.unwrap();
     assert_eq!(resp.status(), 202);
-    let status = tokio::time::timeout(DEADLINE, node.child.wait()).await.expect("node did not exit").unwrap();
+    let Ok(status) = tokio::time::timeout(DEADLINE, node.child.wait()).await else {
+        let log = std::fs::read_to_string(node.data.with_extension("log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        panic!("node {} did not exit within {DEADLINE:?}; the end of its log:\n{}", node.addr, tail.join("\n"));
+    };
+    let status = status.unwrap();
     assert!(status.success(), "leaving node exited with {status}");
 }
 
