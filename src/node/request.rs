@@ -155,6 +155,11 @@ impl Node {
     /// and answers once `W` copies are durable. Replicas that answer later finish in the
     /// background; the write-through must succeed, or the write is not acknowledged.
     async fn write_local(&self, id: u64, req: &KvRequest, write: Write) -> Result<KvOutcome> {
+        if matches!(req.op, KvOp::Restore(_)) && self.holds_version(id, req) {
+            // A record sent back to its owner that the owner has: nothing new to spread (and
+            // no write-through, which could send it round again).
+            return Ok(KvOutcome::Done);
+        }
         let (_guard, view) = self.inner.writes.begin(&self.inner.view);
         let needed = view.write_quorum().ok_or(Fault::CutOff)?;
         let value = match &req.op {
@@ -194,6 +199,12 @@ impl Node {
             Applied::Unchanged => KvOutcome::NotFound,
             Applied::Stored { .. } | Applied::Superseded { .. } => KvOutcome::Done,
         })
+    }
+
+    /// This node holds the request's key at its version or a newer one.
+    fn holds_version(&self, id: u64, req: &KvRequest) -> bool {
+        let stored = self.inner.storage.get(id, req.key.as_bytes()).ok().flatten();
+        stored.is_some_and(|r| r.version >= req.version)
     }
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A

@@ -533,6 +533,10 @@ impl Sim {
     }
 
     fn owner_write(&mut self, owner: &str, key: u64, rec: Rec, client: bool) {
+        let held = self.nodes[owner].store.get(&key).is_some_and(|r| r.0 >= rec.0);
+        if !client && held {
+            return; // a repair its owner already has: nothing new to spread
+        }
         let view = self.nodes[owner].m.view();
         let Some(needed) = view.write_quorum() else {
             self.counts.writes_refused += 1;

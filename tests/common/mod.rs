@@ -184,14 +184,17 @@ pub async fn keys_on(client: &Client, addr: &str) -> u64 {
 
 /// Asks a node to leave and waits for its process to exit successfully.
 pub async fn leave(client: &Client, node: &mut NodeProc) {
+    let started = Instant::now();
     let resp = client.call(&node.addr, hyper::Method::POST, "/leave", Default::default()).await.unwrap();
     assert_eq!(resp.status(), 202);
     let Ok(status) = tokio::time::timeout(DEADLINE, node.child.wait()).await else {
         let log = std::fs::read_to_string(node.data.with_extension("log")).unwrap_or_default();
+        let _ = std::fs::write(std::env::temp_dir().join("sdht-leaver.log"), &log);
         let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
         panic!("node {} did not exit within {DEADLINE:?}; the end of its log:\n{}", node.addr, tail.join("\n"));
     };
     let status = status.unwrap();
+    eprintln!("{} left in {:?}", node.addr, started.elapsed());
     assert!(status.success(), "leaving node exited with {status}");
 }
 
