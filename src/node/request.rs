@@ -20,6 +20,10 @@ use crate::wire::{self, Fault, KvOp, KvOutcome, KvReply, KvRequest, MergeKind};
 /// forward left hanging on a cut link must not land much later and overwrite newer writes:
 /// after this the request is dropped wherever it is.
 const KV_DEADLINE: Duration = Duration::from_secs(5);
+/// A forward not answered after this is sent again on another connection (see `hedged_kv`):
+/// above the 200 ms a lost packet waits for TCP's resend, far above a forward's usual few
+/// milliseconds, so a hedge is sent only when a packet was probably lost.
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
 /// Wait for a replica's acknowledgement of one write (a durable commit on the replica).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,7 +107,7 @@ impl Node {
         let left = Duration::from_millis(req.deadline_ms.saturating_sub(wall_millis()));
         let fwd = KvRequest { hops: req.hops + 1, addressed, ..req.clone() };
         let unavailable = |e: &PeerError| Fault::Unavailable { addr: to.addr.clone(), reason: e.to_string() };
-        match self.inner.peers.kv(&to.addr, fwd, left).await {
+        match self.hedged_kv(&to.addr, fwd, left).await {
             Ok(reply) => Ok(reply),
             Err(e) if e.is_refused() => {
                 self.membership_hint(Event::Unreachable { peer: to.clone(), failure: e.failure() });
@@ -116,6 +120,32 @@ impl Node {
                 self.membership_hint(Event::Unreachable { peer: to.clone(), failure: e.failure() });
                 Ok(failed(unavailable(&e), req.hops))
             }
+        }
+    }
+
+    /// Sends a forward, and if it has not been answered after `HEDGE_AFTER` (a lost packet
+    /// waits at least 200 ms for TCP to resend it), the same request again on another
+    /// connection; the first success wins. Safe because a request carries its version:
+    /// applying a write twice changes nothing.
+    async fn hedged_kv(&self, addr: &str, req: KvRequest, left: Duration) -> std::result::Result<KvReply, PeerError> {
+        let peers = &self.inner.peers;
+        let first = peers.kv(addr, req.clone(), left);
+        let second = async {
+            tokio::time::sleep(HEDGE_AFTER).await;
+            peers.kv(addr, req, left.saturating_sub(HEDGE_AFTER)).await
+        };
+        tokio::pin!(first, second);
+        tokio::select! {
+            r = &mut first => match r {
+                // An answer, or a peer that is gone: no use asking again.
+                Ok(reply) => Ok(reply),
+                Err(e) if e.is_refused() || e.failure() == crate::ring::Failure::Rejected => Err(e),
+                Err(_) => second.await,
+            },
+            r = &mut second => match r {
+                Ok(reply) => Ok(reply),
+                Err(_) => first.await,
+            },
         }
     }
 
@@ -155,11 +185,6 @@ impl Node {
     /// and answers once `W` copies are durable. Replicas that answer later finish in the
     /// background; the write-through must succeed, or the write is not acknowledged.
     async fn write_local(&self, id: u64, req: &KvRequest, write: Write) -> Result<KvOutcome> {
-        if matches!(req.op, KvOp::Restore(_)) && self.holds_version(id, req) {
-            // A record sent back to its owner that the owner has: nothing new to spread (and
-            // no write-through, which could send it round again).
-            return Ok(KvOutcome::Done);
-        }
         let (_guard, view) = self.inner.writes.begin(&self.inner.view);
         let needed = view.write_quorum().ok_or(Fault::CutOff)?;
         let value = match &req.op {
@@ -199,12 +224,6 @@ impl Node {
             Applied::Unchanged => KvOutcome::NotFound,
             Applied::Stored { .. } | Applied::Superseded { .. } => KvOutcome::Done,
         })
-    }
-
-    /// This node holds the request's key at its version or a newer one.
-    fn holds_version(&self, id: u64, req: &KvRequest) -> bool {
-        let stored = self.inner.storage.get(id, req.key.as_bytes()).ok().flatten();
-        stored.is_some_and(|r| r.version >= req.version)
     }
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A

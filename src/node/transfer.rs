@@ -164,17 +164,19 @@ impl Node {
         }
     }
 
-    /// Records that came with a handoff and were new here (`always`: a write-through, new or
-    /// not): those outside our range go on to their owners (the owner may not have them);
-    /// those inside go to our replicas (we may have taken the range over, and pushed it,
-    /// before they came).
-    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>, always: bool) {
+    /// Records that came with a handoff and were new here: those outside our range go on to
+    /// their owners (the owner may not have them); those inside go to our replicas (we may
+    /// have taken the range over, and pushed it, before they came). A write-through's record
+    /// goes to our replicas if it is in our range, new or not (a replica copy of the same write
+    /// may have come first), and never on: it came from the key's owner, and sending it back
+    /// would go round forever.
+    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>, write_through: bool) {
         let view = self.view();
         let owned = view.owned();
         let (mine, strays): (Vec<wire::Record>, Vec<wire::Record>) = records
             .into_iter()
             .zip(applied)
-            .filter(|(_, a)| always || matches!(a, Applied::Stored { .. }))
+            .filter(|(_, a)| write_through || matches!(a, Applied::Stored { .. }))
             .map(|(r, _)| r)
             .partition(|r| owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes()))));
         for r in mine {
@@ -183,7 +185,7 @@ impl Node {
                 self.send_copy(to, r.clone(), wire::MergeKind::Replica, BATCH_TIMEOUT, done);
             }
         }
-        if !strays.is_empty() {
+        if !strays.is_empty() && !write_through {
             let node = self.clone();
             self.inner.tasks.spawn(async move { node.restore(strays).await });
         }

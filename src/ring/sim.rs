@@ -419,7 +419,7 @@ impl Sim {
                     // A write-through settles whether new or not: the replica copy of the same
                     // write may have come first.
                     if handoff {
-                        self.settle_handoff(&to, vec![(key, rec)]);
+                        self.settle_write_through(&to, key, rec);
                     }
                 }
             }
@@ -442,6 +442,15 @@ impl Sim {
             } else {
                 self.route_write(at, k, r, false);
             }
+        }
+    }
+
+    /// A write-through's receiver copies it to its replicas if it owns the key already (it
+    /// may have taken the range over, and pushed it, before the write came). It never sends
+    /// one on: it came from the key's owner, and sending it back would go round forever.
+    fn settle_write_through(&mut self, at: &str, k: u64, r: Rec) {
+        if self.nodes[at].m.view().owned().is_some_and(|o| o.contains(key_of(k))) {
+            self.owner_write(at, k, r, false);
         }
     }
 
@@ -533,10 +542,6 @@ impl Sim {
     }
 
     fn owner_write(&mut self, owner: &str, key: u64, rec: Rec, client: bool) {
-        let held = self.nodes[owner].store.get(&key).is_some_and(|r| r.0 >= rec.0);
-        if !client && held {
-            return; // a repair its owner already has: nothing new to spread
-        }
         let view = self.nodes[owner].m.view();
         let Some(needed) = view.write_quorum() else {
             self.counts.writes_refused += 1;
