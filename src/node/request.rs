@@ -187,6 +187,7 @@ impl Node {
     async fn write_local(&self, id: u64, req: &KvRequest, write: Write) -> Result<KvOutcome> {
         let (_guard, view) = self.inner.writes.begin(&self.inner.view);
         let needed = view.write_quorum().ok_or(Fault::CutOff)?;
+        let restore = matches!(req.op, KvOp::Restore(_));
         let value = match &req.op {
             KvOp::Put(v) => Some(v.clone()),
             KvOp::Restore(v) => v.clone(),
@@ -199,7 +200,9 @@ impl Node {
             self.send_copy(to, rec.clone(), MergeKind::Replica, REPLICATE_TIMEOUT, tx.clone());
         }
         drop(tx);
-        let through = view.write_through_for(crate::ring::Id(id)).cloned().map(|w| {
+        // A restore is not written through: it may have come from that very receiver (a leave's
+        // successor sends its strays back to the leaver), and would go round forever.
+        let through = view.write_through_for(crate::ring::Id(id)).filter(|_| !restore).cloned().map(|w| {
             let (tx, rx) = mpsc::channel(1);
             self.send_copy(w.to.clone(), rec.clone(), MergeKind::WriteThrough, super::transfer::BATCH_TIMEOUT, tx);
             (w.job, rx)

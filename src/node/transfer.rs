@@ -164,12 +164,10 @@ impl Node {
         }
     }
 
-    /// Records that came with a handoff and were new here: those outside our range go on to
+    /// Records that came with a handoff and were new here (a write-through's, new or not: a
+    /// replica copy of the same write may have come first): those outside our range go on to
     /// their owners (the owner may not have them); those inside go to our replicas (we may
-    /// have taken the range over, and pushed it, before they came). A write-through's record
-    /// goes to our replicas if it is in our range, new or not (a replica copy of the same write
-    /// may have come first), and never on: it came from the key's owner, and sending it back
-    /// would go round forever.
+    /// have taken the range over, and pushed it, before they came).
     pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>, write_through: bool) {
         let view = self.view();
         let owned = view.owned();
@@ -185,7 +183,7 @@ impl Node {
                 self.send_copy(to, r.clone(), wire::MergeKind::Replica, BATCH_TIMEOUT, done);
             }
         }
-        if !strays.is_empty() && !write_through {
+        if !strays.is_empty() {
             let node = self.clone();
             self.inner.tasks.spawn(async move { node.restore(strays).await });
         }

@@ -419,7 +419,7 @@ impl Sim {
                     // A write-through settles whether new or not: the replica copy of the same
                     // write may have come first.
                     if handoff {
-                        self.settle_write_through(&to, key, rec);
+                        self.settle_handoff(&to, vec![(key, rec)]);
                     }
                 }
             }
@@ -442,15 +442,6 @@ impl Sim {
             } else {
                 self.route_write(at, k, r, false);
             }
-        }
-    }
-
-    /// A write-through's receiver copies it to its replicas if it owns the key already (it
-    /// may have taken the range over, and pushed it, before the write came). It never sends
-    /// one on: it came from the key's owner, and sending it back would go round forever.
-    fn settle_write_through(&mut self, at: &str, k: u64, r: Rec) {
-        if self.nodes[at].m.view().owned().is_some_and(|o| o.contains(key_of(k))) {
-            self.owner_write(at, k, r, false);
         }
     }
 
@@ -550,7 +541,8 @@ impl Sim {
         let needed = if self.sabotage { 1 } else { needed };
         self.next_write += 1;
         let write = self.next_write;
-        let through = view.write_through_for(key_of(key)).cloned();
+        // A repair is not written through: it may have come from that receiver (see request.rs).
+        let through = view.write_through_for(key_of(key)).cloned().filter(|_| client);
         let targets = addrs(&view.replica_peers(view.replicas - 1)).join(",");
         self.log(format!("WRITE k={key} v={} at {owner} needed={needed} replicas={targets} through={:?}", rec.0, through.as_ref().map(|t| &t.to.addr)));
         let n = self.nodes.get_mut(owner).unwrap();
