@@ -22,9 +22,7 @@
 //!
 //! Needs root, `ip` (iproute2), `iptables` (or `iptables-legacy`) and `bash`; without them a
 //! test prints `SKIPPED` and passes, unless `CI` is set. Run the scenarios with their figures
-//! with `cargo test --test partition -- --nocapture --test-threads 1 --include-ignored`: the
-//! lossy scenario is `#[ignore]`d while the nodes miss its p99 target (the reason says by how
-//! much); the others run by default.
+//! with `cargo test --test partition -- --nocapture --test-threads 1`; all run by default.
 
 mod common;
 
