@@ -107,7 +107,8 @@ impl Client {
         let req = builder.body(Full::new(body)).map_err(|_| Error::BadAddress(node.to_string()))?;
         let addr = || node.to_string();
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|source| Error::Unreachable { addr: addr(), source })?;
+            let resp =
+                self.http.request(req).await.map_err(|source| Error::Unreachable { addr: addr(), source })?;
             let (parts, body) = resp.into_parts();
             let bytes = body
                 .collect()
@@ -149,7 +150,8 @@ impl Client {
         if resp.status() != StatusCode::OK {
             return Err(Error::Status { addr: node.into(), status: resp.status() });
         }
-        serde_json::from_slice(resp.body()).map_err(|e| Error::Body { addr: node.into(), reason: e.to_string() })
+        serde_json::from_slice(resp.body())
+            .map_err(|e| Error::Body { addr: node.into(), reason: e.to_string() })
     }
 }
 

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use common::*;
 use hyper::Method;
 use sdht::client::Client;
-use sdht::wire::{Fault, KvOp, KvOutcome, KvRequest, Message, MergeKind, NodeInfo, Record, Request, Response};
+use sdht::wire::{
+    Fault, KvOp, KvOutcome, KvRequest, MergeKind, Message, NodeInfo, Record, Request, Response,
+};
 
 fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
@@ -55,7 +57,8 @@ async fn late_and_older_writes_do_not_undo_newer_ones() {
     let newer = client.put(&nodes[0].addr, "late-key", "newer").await.unwrap().version.unwrap();
     let far = now_micros() / 1000 + 10_000;
     // A forward that arrives after its deadline is dropped, wherever it is.
-    let late = rpc(&client, &nodes[1].addr, put("late-key", "late", now_micros(), now_micros() / 1000 - 1)).await;
+    let late =
+        rpc(&client, &nodes[1].addr, put("late-key", "late", now_micros(), now_micros() / 1000 - 1)).await;
     let Response::Kv(reply) = late else { panic!("{late:?}") };
     assert_eq!(reply.outcome, KvOutcome::Failed(Fault::DeadlinePassed));
     // A write stamped before the newer one is ordered before it: it changes nothing.
@@ -74,12 +77,18 @@ async fn a_version_from_the_far_future_is_refused_and_counted() {
     client.put(&nodes[0].addr, "clock-key", "honest").await.unwrap();
     let hour = 3_600_000_000;
     let ahead = now_micros() + hour;
-    let forged = rpc(&client, &nodes[0].addr, put("clock-key", "forged", ahead, now_micros() / 1000 + 10_000)).await;
-    assert!(matches!(forged, Response::Kv(ref r) if r.outcome == KvOutcome::Failed(Fault::VersionAhead(ahead))));
+    let forged =
+        rpc(&client, &nodes[0].addr, put("clock-key", "forged", ahead, now_micros() / 1000 + 10_000)).await;
+    assert!(
+        matches!(forged, Response::Kv(ref r) if r.outcome == KvOutcome::Failed(Fault::VersionAhead(ahead)))
+    );
     let from = NodeInfo { addr: nodes[1].addr.clone(), id: nodes[1].id.0 };
     let record = Record { key: "clock-key".into(), version: u64::MAX, value: Some(b"forged".to_vec()) };
     let merge = Request::Merge { from, records: vec![record], kind: MergeKind::Replica };
-    assert!(matches!(rpc(&client, &nodes[0].addr, merge).await, Response::Fault(Fault::VersionAhead(u64::MAX))));
+    assert!(matches!(
+        rpc(&client, &nodes[0].addr, merge).await,
+        Response::Fault(Fault::VersionAhead(u64::MAX))
+    ));
     for n in &nodes {
         assert_eq!(&client.get(&n.addr, "clock-key").await.unwrap().body[..], b"honest");
     }

@@ -271,7 +271,8 @@ impl Store {
                 Write::Put { id, key, value, version } => {
                     let rkey = record_key(*id, key);
                     let old = self.current(&txn, &rkey)?;
-                    let rec = Record { id: *id, key: key.clone(), version: *version, value: Some(value.clone()) };
+                    let rec =
+                        Record { id: *id, key: key.clone(), version: *version, value: Some(value.clone()) };
                     self.keep_newer(&mut txn, &rkey, old, &rec, &mut account)?
                 }
                 Write::Merge(rec) => {

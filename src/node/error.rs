@@ -2,8 +2,8 @@
 //! ([`PeerError`]) and starting ([`StartError`]). None of them knows HTTP: `http.rs` is the
 //! one place that turns them into statuses.
 
-use crate::wire::{self, Fault};
 use crate::lmdb;
+use crate::wire::{self, Fault};
 
 /// What is wrong with a client's request. Each says what to fix.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]

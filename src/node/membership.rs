@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{PeerError, StartError};
 use super::Node;
-use crate::ring::{Action, Change, Event, Failure, Membership, Msg, Peer, Reply, Saved, Standing, Ticket, View};
+use crate::ring::{
+    Action, Change, Event, Failure, Membership, Msg, Peer, Reply, Saved, Standing, Ticket, View,
+};
 use crate::wire::{Fault, Request};
 
 const SUCC_META: &str = "successor";
@@ -70,7 +72,8 @@ pub(super) async fn run(
 ) {
     let mut tick = tokio::time::interval(node.inner.config.stabilize_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ex = Executor { node: node.clone(), tickets: HashMap::new(), next_ticket: 0, joined: Some(joined) };
+    let mut ex =
+        Executor { node: node.clone(), tickets: HashMap::new(), next_ticket: 0, joined: Some(joined) };
     loop {
         let input = tokio::select! {
             _ = node.inner.halt.cancelled() => return,
@@ -128,7 +131,9 @@ impl Executor {
                 });
             }
             Action::Copy { job, range, to, kind } => {
-                self.spawn(async move { Event::CopyDone { job, ok: node.copy_range(range, &to, kind).await.is_ok() } });
+                self.spawn(async move {
+                    Event::CopyDone { job, ok: node.copy_range(range, &to, kind).await.is_ok() }
+                });
             }
             Action::AwaitDrain { epoch } => {
                 self.spawn(async move {
@@ -202,7 +207,8 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
             peers.tell(&to.addr, &req, t).await.map(|()| Reply::Ack)
         }
         Msg::Leaving { pred, succ } => {
-            let req = Request::Leaving { node: me, pred: pred.as_ref().map(Node::info), succ: Node::info(&succ) };
+            let req =
+                Request::Leaving { node: me, pred: pred.as_ref().map(Node::info), succ: Node::info(&succ) };
             peers.tell(&to.addr, &req, t).await.map(|()| Reply::Ack)
         }
     };
@@ -229,7 +235,9 @@ async fn persist(node: &Node, saved: Saved) {
 fn log(node: &Node, change: Change) {
     let me = &node.inner.me.addr;
     match change {
-        Change::Joined { succ } => tracing::info!(node = %me, succ = %succ.addr, "found its place in the ring"),
+        Change::Joined { succ } => {
+            tracing::info!(node = %me, succ = %succ.addr, "found its place in the ring")
+        }
         Change::SuccessorChanged { old, new } => {
             tracing::info!(node = %me, old = %old.addr, new = %new.addr, "successor changed")
         }
@@ -248,7 +256,9 @@ fn log(node: &Node, change: Change) {
             tracing::warn!(node = %me, peer = %peer.addr, "peer unreachable; dropped from the ring")
         }
         Change::PeerBack { peer } => tracing::info!(node = %me, peer = %peer.addr, "lost peer answers again"),
-        Change::NeighborLeft { node: left } => tracing::info!(node = %me, left = %left.addr, "neighbour left"),
+        Change::NeighborLeft { node: left } => {
+            tracing::info!(node = %me, left = %left.addr, "neighbour left")
+        }
         Change::Left => tracing::info!(node = %me, "left the ring"),
     }
 }

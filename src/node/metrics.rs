@@ -62,7 +62,11 @@ impl Metrics {
         );
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
         let hops = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
-        registry.register("request_hops", "Forwards per client request, seen by the node first asked", hops.clone());
+        registry.register(
+            "request_hops",
+            "Forwards per client request, seen by the node first asked",
+            hops.clone(),
+        );
         let r = &mut registry;
         Metrics {
             requests,
@@ -71,8 +75,16 @@ impl Metrics {
             forwarded: counter(r, "forwarded_requests", "Client requests this node forwarded to a peer"),
             keys: gauge(r, "stored_keys", "Live keys in this node's store"),
             bytes: gauge(r, "stored_bytes", "Bytes of live keys and values in this node's store"),
-            handoff_keys: counter(r, "handoff_keys", "Records sent to other nodes by handoffs and replication"),
-            handoff_bytes: counter(r, "handoff_bytes", "Bytes sent to other nodes by handoffs and replication"),
+            handoff_keys: counter(
+                r,
+                "handoff_keys",
+                "Records sent to other nodes by handoffs and replication",
+            ),
+            handoff_bytes: counter(
+                r,
+                "handoff_bytes",
+                "Bytes sent to other nodes by handoffs and replication",
+            ),
             stabilize_rounds: counter(r, "stabilize_rounds", "Stabilize rounds run"),
             peer_failures: counter(r, "peer_call_failures", "Calls to peers that failed or timed out"),
             successors: gauge(r, "successor_list_length", "Entries in this node's successor list"),
@@ -82,7 +94,11 @@ impl Metrics {
                 "versions_refused",
                 "Records refused because their version was too far ahead of this node's clock",
             ),
-            late_requests: counter(r, "late_requests", "Forwarded requests dropped because their deadline had passed"),
+            late_requests: counter(
+                r,
+                "late_requests",
+                "Forwarded requests dropped because their deadline had passed",
+            ),
             registry,
         }
     }

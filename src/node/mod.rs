@@ -40,14 +40,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{
-    Config, DEFAULT_HOP_LIMIT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PEER_TIMEOUT, DEFAULT_REPLICAS, DEFAULT_STABILIZE,
-    DEFAULT_SUCCESSORS,
-};
 pub use body::DEFAULT_MAX_INFLIGHT_BYTES;
+pub use config::{
+    Config, DEFAULT_HOP_LIMIT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PEER_TIMEOUT, DEFAULT_REPLICAS,
+    DEFAULT_STABILIZE, DEFAULT_SUCCESSORS,
+};
 pub use error::{BadInput, Error, PeerError, Result, StartError};
-pub use limits::DEFAULT_MAX_CONNS_PER_CLIENT;
 pub use keys::{parse_key, MAX_KEY_BYTES};
+pub use limits::DEFAULT_MAX_CONNS_PER_CLIENT;
 
 use crate::ring::{Membership, Peer, View};
 use crate::wire::NodeInfo;

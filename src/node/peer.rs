@@ -81,7 +81,13 @@ impl Peers {
     }
 
     /// Chord's find_successor(id), answered by the node that knows the owner.
-    pub async fn find_successor(&self, addr: &str, id: u64, hops: u32, timeout: Duration) -> Result<NodeInfo, PeerError> {
+    pub async fn find_successor(
+        &self,
+        addr: &str,
+        id: u64,
+        hops: u32,
+        timeout: Duration,
+    ) -> Result<NodeInfo, PeerError> {
         match self.call(addr, &Request::FindSuccessor { id, hops }, timeout).await? {
             Response::Successor { node, .. } => Ok(node),
             _ => Err(PeerError::Unexpected),
@@ -89,7 +95,11 @@ impl Peers {
     }
 
     /// The peer's predecessor and successor list.
-    pub async fn neighbors(&self, addr: &str, timeout: Duration) -> Result<(Option<NodeInfo>, Vec<NodeInfo>), PeerError> {
+    pub async fn neighbors(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(Option<NodeInfo>, Vec<NodeInfo>), PeerError> {
         match self.call(addr, &Request::Neighbors, timeout).await? {
             Response::Neighbors { pred, succs } => Ok((pred, succs)),
             _ => Err(PeerError::Unexpected),
@@ -126,7 +136,12 @@ impl Peers {
 
     /// A replication batch over ids (after, upto]; returns what the peer holds there that is
     /// newer, and whether that is all of it.
-    pub async fn sync(&self, addr: &str, req: Request, timeout: Duration) -> Result<(Vec<Record>, bool), PeerError> {
+    pub async fn sync(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<(Vec<Record>, bool), PeerError> {
         match self.call(addr, &req, timeout).await? {
             Response::Records { records, complete } => Ok((records, complete)),
             _ => Err(PeerError::Unexpected),

@@ -98,7 +98,13 @@ impl Node {
     }
 
     /// Sends the request to `to`; an error means it may be retried along a new route.
-    async fn forward(&self, view: &View, to: &Peer, addressed: bool, req: &KvRequest) -> std::result::Result<KvReply, Fault> {
+    async fn forward(
+        &self,
+        view: &View,
+        to: &Peer,
+        addressed: bool,
+        req: &KvRequest,
+    ) -> std::result::Result<KvReply, Fault> {
         let hop_limit = self.inner.config.hop_limit;
         if req.hops >= hop_limit {
             return Ok(failed(Fault::HopLimit(hop_limit), req.hops));
@@ -127,7 +133,12 @@ impl Node {
     /// waits at least 200 ms for TCP to resend it), the same request again on another
     /// connection; the first success wins. Safe because a request carries its version:
     /// applying a write twice changes nothing.
-    async fn hedged_kv(&self, addr: &str, req: KvRequest, left: Duration) -> std::result::Result<KvReply, PeerError> {
+    async fn hedged_kv(
+        &self,
+        addr: &str,
+        req: KvRequest,
+        left: Duration,
+    ) -> std::result::Result<KvReply, PeerError> {
         let peers = &self.inner.peers;
         let first = peers.kv(addr, req.clone(), left);
         let second = async {
@@ -163,7 +174,9 @@ impl Node {
         let write = match &req.op {
             KvOp::Get => {
                 return match self.inner.storage.get(id, &key) {
-                    Ok(Some(r)) if r.value.is_some() => reply(KvOutcome::Value(r.value.unwrap()), req.hops, me, r.version),
+                    Ok(Some(r)) if r.value.is_some() => {
+                        reply(KvOutcome::Value(r.value.unwrap()), req.hops, me, r.version)
+                    }
                     // A tombstone's version says when the key was deleted.
                     Ok(r) => reply(KvOutcome::NotFound, req.hops, me, r.map_or(0, |r| r.version)),
                     Err(e) => failed(e.into(), req.hops),
@@ -204,7 +217,13 @@ impl Node {
         // successor sends its strays back to the leaver), and would go round forever.
         let through = view.write_through_for(crate::ring::Id(id)).filter(|_| !restore).cloned().map(|w| {
             let (tx, rx) = mpsc::channel(1);
-            self.send_copy(w.to.clone(), rec.clone(), MergeKind::WriteThrough, super::transfer::BATCH_TIMEOUT, tx);
+            self.send_copy(
+                w.to.clone(),
+                rec.clone(),
+                MergeKind::WriteThrough,
+                super::transfer::BATCH_TIMEOUT,
+                tx,
+            );
             (w.job, rx)
         });
         let applied = self.inner.storage.write(write).await?;
@@ -231,7 +250,14 @@ impl Node {
 
     /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
     /// peer that refuses the connection is reported to the membership task.
-    pub(super) fn send_copy(&self, to: Peer, rec: wire::Record, kind: MergeKind, timeout: Duration, done: mpsc::Sender<bool>) {
+    pub(super) fn send_copy(
+        &self,
+        to: Peer,
+        rec: wire::Record,
+        kind: MergeKind,
+        timeout: Duration,
+        done: mpsc::Sender<bool>,
+    ) {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             let me = Node::info(&node.inner.me);

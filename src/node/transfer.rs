@@ -42,10 +42,22 @@ struct Copy<'a> {
 impl<'a> Copy<'a> {
     fn new(range: Interval, to: &'a Peer, kind: CopyKind, idle: bool) -> Copy<'a> {
         let span = if range.after == range.upto { u64::MAX } else { range.after.distance_to(range.upto) };
-        let progress = Progress { to: to.addr.clone(), leaving: kind == CopyKind::Leave, ..Progress::default() };
+        let progress =
+            Progress { to: to.addr.clone(), leaving: kind == CopyKind::Leave, ..Progress::default() };
         let shown = kind != CopyKind::Replicate || idle;
         let now = Instant::now();
-        Copy { range, to, kind, synced: range.after, behind: false, span, progress, shown, started: now, last_log: now }
+        Copy {
+            range,
+            to,
+            kind,
+            synced: range.after,
+            behind: false,
+            span,
+            progress,
+            shown,
+            started: now,
+            last_log: now,
+        }
     }
 }
 
@@ -87,7 +99,11 @@ impl Node {
                 c.synced = upto;
             } else if n > 0 {
                 let me = Node::info(&self.inner.me);
-                let merged = self.inner.peers.merge(&c.to.addr, me, records, wire::MergeKind::Handoff, BATCH_TIMEOUT).await;
+                let merged = self
+                    .inner
+                    .peers
+                    .merge(&c.to.addr, me, records, wire::MergeKind::Handoff, BATCH_TIMEOUT)
+                    .await;
                 merged.map_err(Error::from_peer(c.to))?;
             }
             self.copied(c, n, batch_bytes, last);
@@ -126,7 +142,12 @@ impl Node {
             // Two batches met within one id (a hash collision): nothing to ask about.
             return Ok(false);
         }
-        let req = wire::Request::Sync { from: Node::info(&self.inner.me), after: ids.after.0, upto: ids.upto.0, records };
+        let req = wire::Request::Sync {
+            from: Node::info(&self.inner.me),
+            after: ids.after.0,
+            upto: ids.upto.0,
+            records,
+        };
         let (newer, complete) =
             self.inner.peers.sync(&to.addr, req, BATCH_TIMEOUT).await.map_err(Error::from_peer(to))?;
         let pulled = !newer.is_empty() || !complete;
@@ -145,7 +166,8 @@ impl Node {
         upto: u64,
         records: Vec<wire::Record>,
     ) -> Result<(Vec<wire::Record>, bool)> {
-        let sent: std::collections::HashMap<String, u64> = records.iter().map(|r| (r.key.clone(), r.version)).collect();
+        let sent: std::collections::HashMap<String, u64> =
+            records.iter().map(|r| (r.key.clone(), r.version)).collect();
         self.apply_records(records).await?;
         let (mut newer, mut resume) = (Vec::new(), None);
         loop {
@@ -168,7 +190,12 @@ impl Node {
     /// replica copy of the same write may have come first): those outside our range go on to
     /// their owners (the owner may not have them); those inside go to our replicas (we may
     /// have taken the range over, and pushed it, before they came).
-    pub(super) fn settle_handoff(&self, records: Vec<wire::Record>, applied: Vec<Applied>, write_through: bool) {
+    pub(super) fn settle_handoff(
+        &self,
+        records: Vec<wire::Record>,
+        applied: Vec<Applied>,
+        write_through: bool,
+    ) {
         let view = self.view();
         let owned = view.owned();
         let (mine, strays): (Vec<wire::Record>, Vec<wire::Record>) = records
@@ -199,8 +226,11 @@ impl Node {
         let mut resume = None;
         loop {
             let scan = self.scan_batch(range, resume).await?;
-            let removes =
-                scan.records.into_iter().map(|r| Write::Remove { id: r.id, key: r.key, version: r.version }).collect();
+            let removes = scan
+                .records
+                .into_iter()
+                .map(|r| Write::Remove { id: r.id, key: r.key, version: r.version })
+                .collect();
             self.inner.storage.write_all(removes).await?;
             match scan.next {
                 Some(next) => resume = Some(next),
@@ -220,7 +250,12 @@ impl Node {
             check_key(r.key.as_bytes())?;
             self.check_version(r.version)?;
             let id = key_id(r.key.as_bytes()).0;
-            writes.push(Write::Merge(Record { id, key: r.key.into_bytes(), version: r.version, value: r.value }));
+            writes.push(Write::Merge(Record {
+                id,
+                key: r.key.into_bytes(),
+                version: r.version,
+                value: r.value,
+            }));
         }
         self.inner.storage.write_all(writes).await
     }
@@ -232,5 +267,4 @@ impl Node {
             Error::Fault(Fault::VersionAhead(v))
         })
     }
-
 }

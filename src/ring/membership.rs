@@ -81,16 +81,24 @@ pub enum Msg {
     /// We think we are the receiver's predecessor.
     Notify,
     /// The handoff to the receiver is complete; `pred` precedes it now.
-    HandoffDone { pred: Option<Peer> },
+    HandoffDone {
+        pred: Option<Peer>,
+    },
     /// We leave; we sat between `pred` and `succ`.
-    Leaving { pred: Option<Peer>, succ: Peer },
+    Leaving {
+        pred: Option<Peer>,
+        succ: Peer,
+    },
 }
 
 /// A peer's answer.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Reply {
     Successor(Peer),
-    Neighbors { pred: Option<Peer>, succs: Vec<Peer> },
+    Neighbors {
+        pred: Option<Peer>,
+        succs: Vec<Peer>,
+    },
     Ack,
     /// It cannot take this now (joining, leaving, busy); ask again later.
     Busy,
@@ -131,21 +139,47 @@ pub struct Saved {
 pub enum Event {
     /// The stabilize period elapsed.
     Tick,
-    Answer { call: CallId, reply: Reply },
-    Failed { call: CallId, failure: Failure },
+    Answer {
+        call: CallId,
+        reply: Reply,
+    },
+    Failed {
+        call: CallId,
+        failure: Failure,
+    },
     /// `from` says it is our predecessor.
-    Notified { from: Peer },
+    Notified {
+        from: Peer,
+    },
     /// The node that handed us our range says who precedes us.
-    HandoffDone { from: Peer, pred: Option<Peer> },
+    HandoffDone {
+        from: Peer,
+        pred: Option<Peer>,
+    },
     /// A neighbour leaves; answer `ticket` once we took its place into account.
-    NeighborLeaving { ticket: Ticket, node: Peer, pred: Option<Peer>, succ: Peer },
-    CopyDone { job: JobId, ok: bool },
+    NeighborLeaving {
+        ticket: Ticket,
+        node: Peer,
+        pred: Option<Peer>,
+        succ: Peer,
+    },
+    CopyDone {
+        job: JobId,
+        ok: bool,
+    },
     /// Every write begun before `epoch` has ended.
-    Drained { epoch: u64 },
+    Drained {
+        epoch: u64,
+    },
     /// A write sent through to a handoff's receiver failed.
-    WriteThroughFailed { job: JobId },
+    WriteThroughFailed {
+        job: JobId,
+    },
     /// A request (forward, replica write) found this peer unreachable.
-    Unreachable { peer: Peer, failure: Failure },
+    Unreachable {
+        peer: Peer,
+        failure: Failure,
+    },
     /// A replica did not acknowledge a write: push the owned range to the replicas again.
     ReplicaMissed,
     /// Leave the ring gracefully.
@@ -169,20 +203,37 @@ pub enum Change {
 /// Everything the node must do.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Action {
-    Call { call: CallId, to: Peer, msg: Msg },
+    Call {
+        call: CallId,
+        to: Peer,
+        msg: Msg,
+    },
     /// Send every record of `range` to `to`; report `CopyDone`.
-    Copy { job: JobId, range: Interval, to: Peer, kind: CopyKind },
+    Copy {
+        job: JobId,
+        range: Interval,
+        to: Peer,
+        kind: CopyKind,
+    },
     /// Report `Drained { epoch }` once no write begun under an older epoch is running.
-    AwaitDrain { epoch: u64 },
+    AwaitDrain {
+        epoch: u64,
+    },
     /// Remove the local copy of a range another node owns now.
     DropRange(Interval),
     Persist(Saved),
     /// Answer an incoming message (`Ack` if accepted).
-    Respond { ticket: Ticket, accepted: bool },
+    Respond {
+        ticket: Ticket,
+        accepted: bool,
+    },
     Log(Change),
     /// Joining failed for good: no seed answered before the deadline, a seed refused us
     /// (`refused`), or the ring still links our address (`still_member`).
-    JoinFailed { still_member: bool, refused: bool },
+    JoinFailed {
+        still_member: bool,
+        refused: bool,
+    },
     /// The node may stop now.
     Exit,
 }
@@ -336,14 +387,19 @@ impl Membership {
             Phase::Member | Phase::Leaving { .. } => Standing::Member,
             Phase::Departed => Standing::Departed,
         };
-        let write_through = self.handoff.as_ref().filter(|h| h.stage == Stage::Copying || h.stage == Stage::Informing);
+        let write_through =
+            self.handoff.as_ref().filter(|h| h.stage == Stage::Copying || h.stage == Stage::Informing);
         View {
             me: self.me.clone(),
             pred: self.pred.clone(),
             succs: self.succs.clone(),
             standing,
             epoch: self.epoch,
-            write_through: write_through.map(|h| WriteThrough { job: h.job, range: h.range, to: h.to.clone() }),
+            write_through: write_through.map(|h| WriteThrough {
+                job: h.job,
+                range: h.range,
+                to: h.to.clone(),
+            }),
             replicas: self.settings.replicas,
             cut_off: self.is_alone() && !self.lost.is_empty(),
             unreachable: self.lost.values().filter(|l| !l.reachable).count(),
@@ -529,8 +585,10 @@ impl Membership {
             (Purpose::Probe(peer), Reply::Neighbors { .. }) => self.on_probe_answered(peer, out),
             (Purpose::Probe(peer), _) => self.probe_failed(&peer),
             (Purpose::MergeLookup(via), Reply::Successor(s)) => self.on_merge_lookup(via, s, out),
-            (Purpose::PingPred(_) | Purpose::Notify(_) | Purpose::HandoffDone | Purpose::MergeLookup(_), _) => {
-            }
+            (
+                Purpose::PingPred(_) | Purpose::Notify(_) | Purpose::HandoffDone | Purpose::MergeLookup(_),
+                _,
+            ) => {}
         }
     }
 
@@ -640,8 +698,14 @@ impl Membership {
         };
         let job = self.id();
         let range = Interval::new(after, cand.id);
-        self.handoff =
-            Some(Handoff { job, kind: CopyKind::Join, range, to: cand.clone(), stage: Stage::Checking, old_pred: None });
+        self.handoff = Some(Handoff {
+            job,
+            kind: CopyKind::Join,
+            range,
+            to: cand.clone(),
+            stage: Stage::Checking,
+            old_pred: None,
+        });
         self.call(cand, Msg::Neighbors, Purpose::CheckJoiner(job), out);
     }
 
@@ -796,14 +860,27 @@ impl Membership {
         // The whole ring, not just (pred, me]: a node may hold strays from before a restart.
         let range = Interval::new(self.me.id, self.me.id);
         let to = self.succs[0].clone();
-        self.handoff = Some(Handoff { job, kind: CopyKind::Leave, range, to: to.clone(), stage: Stage::Copying, old_pred: None });
+        self.handoff = Some(Handoff {
+            job,
+            kind: CopyKind::Leave,
+            range,
+            to: to.clone(),
+            stage: Stage::Copying,
+            old_pred: None,
+        });
         out.push(Action::Log(Change::HandoffStarted { to: to.clone(), kind: CopyKind::Leave }));
         out.push(Action::Copy { job, range, to, kind: CopyKind::Leave });
     }
 
     /// A neighbour leaves: it sat between `its_pred` and `its_succ`; whichever of our pointers
     /// named it now skips over it.
-    fn on_neighbor_leaving(&mut self, node: &Peer, its_pred: Option<Peer>, its_succ: Peer, out: &mut Vec<Action>) -> bool {
+    fn on_neighbor_leaving(
+        &mut self,
+        node: &Peer,
+        its_pred: Option<Peer>,
+        its_succ: Peer,
+        out: &mut Vec<Action>,
+    ) -> bool {
         if matches!(self.phase, Phase::Joining { .. } | Phase::Departed) {
             return false;
         }
@@ -858,7 +935,11 @@ impl Membership {
         if self.pred.as_ref() == Some(dead) {
             self.pred = None;
         }
-        if self.handoff.as_ref().is_some_and(|h| h.to == *dead && matches!(h.stage, Stage::Checking | Stage::Copying)) {
+        if self
+            .handoff
+            .as_ref()
+            .is_some_and(|h| h.to == *dead && matches!(h.stage, Stage::Checking | Stage::Copying))
+        {
             self.abort_handoff(out);
         }
         self.remember_lost(dead.clone(), now);
@@ -874,8 +955,14 @@ impl Membership {
             return;
         }
         let next_probe = now + PROBE_FIRST;
-        let lost =
-            Lost { peer: peer.clone(), next_probe, backoff: PROBE_FIRST, probing: false, reachable: false, since: now };
+        let lost = Lost {
+            peer: peer.clone(),
+            next_probe,
+            backoff: PROBE_FIRST,
+            probing: false,
+            reachable: false,
+            since: now,
+        };
         self.lost.insert(peer.addr, lost);
     }
 

@@ -41,13 +41,35 @@ fn settings() -> Settings {
 
 #[derive(Clone, Debug)]
 enum Payload {
-    Call { call: CallId, msg: Msg },
-    Reply { call: CallId, reply: Result<Reply, Failure> },
-    Batch { job: JobId, range: Interval, sync: bool, records: Vec<(u64, Rec)> },
-    BatchAck { job: JobId, ok: bool, newer: Vec<(u64, Rec)> },
+    Call {
+        call: CallId,
+        msg: Msg,
+    },
+    Reply {
+        call: CallId,
+        reply: Result<Reply, Failure>,
+    },
+    Batch {
+        job: JobId,
+        range: Interval,
+        sync: bool,
+        records: Vec<(u64, Rec)>,
+    },
+    BatchAck {
+        job: JobId,
+        ok: bool,
+        newer: Vec<(u64, Rec)>,
+    },
     /// A write's copy: to a replica, or (`handoff`) through to a range's new owner.
-    Replica { write: u64, key: u64, rec: Rec, handoff: bool },
-    ReplicaAck { write: u64 },
+    Replica {
+        write: u64,
+        key: u64,
+        rec: Rec,
+        handoff: bool,
+    },
+    ReplicaAck {
+        write: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -321,7 +343,10 @@ impl Sim {
             }
             Msg::Leaving { pred, succ } => {
                 let n = self.nodes.get_mut(at)?;
-                let actions = n.m.step(self.now, Event::NeighborLeaving { ticket: 1, node: me, pred: pred.clone(), succ: succ.clone() });
+                let actions = n.m.step(
+                    self.now,
+                    Event::NeighborLeaving { ticket: 1, node: me, pred: pred.clone(), succ: succ.clone() },
+                );
                 let mut accepted = false;
                 for a in actions {
                     if let Action::Respond { accepted: ok, .. } = a {
@@ -330,7 +355,11 @@ impl Sim {
                         self.perform(at, a);
                     }
                 }
-                if accepted { Reply::Ack } else { Reply::Busy }
+                if accepted {
+                    Reply::Ack
+                } else {
+                    Reply::Busy
+                }
             }
         }))
     }
@@ -380,7 +409,9 @@ impl Sim {
                 let newer: Vec<(u64, Rec)> = n
                     .store
                     .iter()
-                    .filter(|(k, r)| sync && range.contains(key_of(**k)) && sent.get(k).is_none_or(|s| *r > s))
+                    .filter(|(k, r)| {
+                        sync && range.contains(key_of(**k)) && sent.get(k).is_none_or(|s| *r > s)
+                    })
                     .map(|(k, r)| (*k, *r))
                     .collect();
                 let mut changed = Vec::new();
@@ -472,12 +503,17 @@ impl Sim {
                 }
             }
             Sched::ReplicaTimeout { node, inc, write, replica } => {
-                if self.nodes.get_mut(&node).is_some_and(|n| n.inc == inc && n.unacked.remove(&(write, replica))) {
+                if self
+                    .nodes
+                    .get_mut(&node)
+                    .is_some_and(|n| n.inc == inc && n.unacked.remove(&(write, replica)))
+                {
                     self.step(&node, Event::ReplicaMissed);
                 }
             }
             Sched::WriteTimeout { node, inc, write } => {
-                let w = self.nodes.get_mut(&node).filter(|n| n.inc == inc).and_then(|n| n.writes.remove(&write));
+                let w =
+                    self.nodes.get_mut(&node).filter(|n| n.inc == inc).and_then(|n| n.writes.remove(&write));
                 if w.is_some() {
                     self.counts.writes_refused += 1;
                     self.check_drains(&node);
@@ -544,10 +580,15 @@ impl Sim {
         // A repair is not written through: it may have come from that receiver (see request.rs).
         let through = view.write_through_for(key_of(key)).cloned().filter(|_| client);
         let targets = addrs(&view.replica_peers(view.replicas - 1)).join(",");
-        self.log(format!("WRITE k={key} v={} at {owner} needed={needed} replicas={targets} through={:?}", rec.0, through.as_ref().map(|t| &t.to.addr)));
+        self.log(format!(
+            "WRITE k={key} v={} at {owner} needed={needed} replicas={targets} through={:?}",
+            rec.0,
+            through.as_ref().map(|t| &t.to.addr)
+        ));
         let n = self.nodes.get_mut(owner).unwrap();
         merge(&mut n.store, key, rec);
-        let w = PendingWrite { key, rec, acks: 1, needed, through: through.is_some(), epoch: view.epoch, client };
+        let w =
+            PendingWrite { key, rec, acks: 1, needed, through: through.is_some(), epoch: view.epoch, client };
         n.writes.insert(write, w);
         let inc = self.inc(owner);
         let replicas = view.replica_peers(view.replicas - 1);
@@ -609,7 +650,12 @@ impl Sim {
             let want: Vec<Peer> = (1..=4.min(n - 1)).map(|k| ring[(i + k) % n].clone()).collect();
             let want = if want.is_empty() { vec![p.clone()] } else { want };
             if v.succs != want {
-                return Err(format!("{} has successors {:?}, want {:?}", p.addr, addrs(&v.succs), addrs(&want)));
+                return Err(format!(
+                    "{} has successors {:?}, want {:?}",
+                    p.addr,
+                    addrs(&v.succs),
+                    addrs(&want)
+                ));
             }
             let pred = (n > 1).then(|| ring[(i + n - 1) % n].clone());
             if v.pred != pred {
@@ -646,8 +692,11 @@ impl Sim {
                 let p = &ring[(i + j) % ring.len()];
                 let held = self.nodes[&p.addr].store.get(&k).map_or(0, |r| r.0);
                 if held < version {
-                    let all: Vec<String> =
-                        self.nodes.iter().map(|(a, n)| format!("{a}:{}", n.store.get(&k).map_or(0, |r| r.0))).collect();
+                    let all: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .map(|(a, n)| format!("{a}:{}", n.store.get(&k).map_or(0, |r| r.0)))
+                        .collect();
                     return Err(format!(
                         "key {k}: replica {} holds version {held} < acknowledged {version} (held: {})",
                         p.addr,
@@ -664,7 +713,13 @@ impl Sim {
         if r.is_err() {
             for (a, n) in &self.nodes {
                 let v = n.m.view();
-                let line = format!("VIEW {a} alive={} pred={:?} succs={:?} {:?}", n.alive, v.pred.map(|p| p.addr), addrs(&v.succs), v.standing);
+                let line = format!(
+                    "VIEW {a} alive={} pred={:?} succs={:?} {:?}",
+                    n.alive,
+                    v.pred.map(|p| p.addr),
+                    addrs(&v.succs),
+                    v.standing
+                );
                 self.trace.push_back(line);
             }
         }
@@ -796,7 +851,7 @@ impl Sim {
             }
         }
         let dt = self.rng.random_range(0..1_000);
-                self.load(dt);
+        self.load(dt);
     }
 
     /// Heals everything, lets the ring settle without load, and checks the invariants.

@@ -16,10 +16,11 @@ fn request() -> impl Strategy<Value = Request> {
         Just(KvOp::Delete),
         proptest::option::of(bytes()).prop_map(KvOp::Restore)
     ];
-    let record = || {
-        (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
-            .prop_map(|(key, version, value)| Record { key, version, value })
-    };
+    let record =
+        || {
+            (".{0,16}", any::<u64>(), proptest::option::of(bytes()))
+                .prop_map(|(key, version, value)| Record { key, version, value })
+        };
     prop_oneof![
         (".{0,32}", op, any::<u32>(), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
             |(key, op, hops, addressed, version, deadline_ms)| {
@@ -65,11 +66,14 @@ fn response() -> impl Strategy<Value = Response> {
         (node(), proptest::option::of(node()), node(), any::<u64>())
             .prop_map(|(me, pred, succ, keys)| Response::Status(Status { me, pred, succ, keys })),
         Just(Response::Ack),
-        (proptest::collection::vec(
-            (".{0,8}", any::<u64>(), proptest::option::of(bytes()))
-                .prop_map(|(key, version, value)| Record { key, version, value }),
-            0..4
-        ), any::<bool>())
+        (
+            proptest::collection::vec(
+                (".{0,8}", any::<u64>(), proptest::option::of(bytes()))
+                    .prop_map(|(key, version, value)| Record { key, version, value }),
+                0..4
+            ),
+            any::<bool>()
+        )
             .prop_map(|(records, complete)| Response::Records { records, complete }),
         Just(Response::Fault(Fault::Busy)),
     ]
@@ -154,7 +158,7 @@ fn golden_bytes() {
                 owner: "h:1".into(),
                 version: 4,
             })
-                .encode(),
+            .encode(),
             "0300000278790203683a3104",
         ),
         (

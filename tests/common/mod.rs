@@ -191,7 +191,11 @@ pub async fn leave(client: &Client, node: &mut NodeProc) {
         let log = std::fs::read_to_string(node.data.with_extension("log")).unwrap_or_default();
         let _ = std::fs::write(std::env::temp_dir().join("sdht-leaver.log"), &log);
         let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-        panic!("node {} did not exit within {DEADLINE:?}; the end of its log:\n{}", node.addr, tail.join("\n"));
+        panic!(
+            "node {} did not exit within {DEADLINE:?}; the end of its log:\n{}",
+            node.addr,
+            tail.join("\n")
+        );
     };
     let status = status.unwrap();
     eprintln!("{} left in {:?}", node.addr, started.elapsed());
