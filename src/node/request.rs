@@ -35,21 +35,20 @@ fn failed(fault: Fault, hops: u32) -> KvReply {
     reply(KvOutcome::Failed(fault), hops, "", 0)
 }
 
+/// When a request entering the ring now must be done by.
+fn deadline_ms() -> u64 {
+    wall_millis() + KV_DEADLINE.as_millis() as u64
+}
+
 impl Node {
     /// Sends records this node holds but does not own to their owner, each as a write of its
     /// own version. They came with a handoff from our successor's side, so the request starts
     /// out addressed and steps back along predecessors (see `View::route`).
     pub(super) async fn restore(&self, records: Vec<wire::Record>) {
         for r in records {
-            let deadline_ms = wall_millis() + KV_DEADLINE.as_millis() as u64;
-            let req = KvRequest {
-                key: r.key,
-                op: KvOp::Restore(r.value),
-                hops: 0,
-                addressed: true,
-                version: r.version,
-                deadline_ms,
-            };
+            let (op, version) = (KvOp::Restore(r.value), r.version);
+            let req =
+                KvRequest { key: r.key, op, hops: 0, addressed: true, version, deadline_ms: deadline_ms() };
             let reply = self.serve_kv(req).await;
             if let KvOutcome::Failed(f) = reply.outcome {
                 tracing::debug!(error = %f, "could not send a stray record to its owner");
@@ -60,8 +59,8 @@ impl Node {
     /// A request from a client of this node: stamps a write's version and the deadline.
     pub(super) async fn client_kv(&self, key: String, op: KvOp) -> KvReply {
         let version = if op == KvOp::Get { 0 } else { self.inner.clock.stamp() };
-        let deadline_ms = wall_millis() + KV_DEADLINE.as_millis() as u64;
-        self.serve_kv(KvRequest { key, op, hops: 0, addressed: false, version, deadline_ms }).await
+        self.serve_kv(KvRequest { key, op, hops: 0, addressed: false, version, deadline_ms: deadline_ms() })
+            .await
     }
 
     /// A request here or one node on. A next hop that refuses connections is reported dead
@@ -170,10 +169,9 @@ impl Node {
     /// Executes a request this node owns.
     async fn local_kv(&self, id: u64, req: &KvRequest) -> KvReply {
         let me = &self.inner.me.addr;
-        let key = req.key.as_bytes().to_vec();
-        let write = match &req.op {
+        let value = match &req.op {
             KvOp::Get => {
-                return match self.inner.storage.get(id, &key) {
+                return match self.inner.storage.get(id, req.key.as_bytes()) {
                     Ok(Some(r)) if r.value.is_some() => {
                         reply(KvOutcome::Value(r.value.unwrap()), req.hops, me, r.version)
                     }
@@ -182,13 +180,12 @@ impl Node {
                     Err(e) => failed(e.into(), req.hops),
                 };
             }
-            KvOp::Put(v) => Write::Put { id, key, value: v.clone(), version: req.version },
-            KvOp::Delete => Write::Delete { id, key, version: req.version },
-            KvOp::Restore(value) => {
-                Write::Merge(crate::lmdb::Record { id, key, version: req.version, value: value.clone() })
-            }
+            KvOp::Put(v) => Some(v.clone()),
+            KvOp::Delete => None,
+            KvOp::Restore(v) => v.clone(),
         };
-        match self.write_local(id, req, write).await {
+        let rec = wire::Record { key: req.key.clone(), version: req.version, value };
+        match self.write_local(id, req, rec).await {
             Ok(outcome) => reply(outcome, req.hops, me, req.version),
             Err(e) => failed(e.into(), req.hops),
         }
@@ -197,20 +194,14 @@ impl Node {
     /// Commits a write here while sending it to the replicas (and to a handoff's receiver),
     /// and answers once `W` copies are durable. Replicas that answer later finish in the
     /// background; the write-through must succeed, or the write is not acknowledged.
-    async fn write_local(&self, id: u64, req: &KvRequest, write: Write) -> Result<KvOutcome> {
+    async fn write_local(&self, id: u64, req: &KvRequest, rec: wire::Record) -> Result<KvOutcome> {
         let (_guard, view) = self.inner.writes.begin(&self.inner.view);
         let needed = view.write_quorum().ok_or(Fault::CutOff)?;
         let restore = matches!(req.op, KvOp::Restore(_));
-        let value = match &req.op {
-            KvOp::Put(v) => Some(v.clone()),
-            KvOp::Restore(v) => v.clone(),
-            _ => None,
-        };
-        let rec = wire::Record { key: req.key.clone(), version: req.version, value };
         let replicas = view.replica_peers(view.replicas.saturating_sub(1));
         let (tx, mut acks) = mpsc::channel(replicas.len().max(1));
         for to in replicas {
-            self.send_copy(to, rec.clone(), MergeKind::Replica, REPLICATE_TIMEOUT, tx.clone());
+            self.send_copy(to, vec![rec.clone()], MergeKind::Replica, REPLICATE_TIMEOUT, tx.clone());
         }
         drop(tx);
         // A restore is not written through: it may have come from that very receiver (a leave's
@@ -219,14 +210,14 @@ impl Node {
             let (tx, rx) = mpsc::channel(1);
             self.send_copy(
                 w.to.clone(),
-                rec.clone(),
+                vec![rec.clone()],
                 MergeKind::WriteThrough,
                 super::transfer::BATCH_TIMEOUT,
                 tx,
             );
             (w.job, rx)
         });
-        let applied = self.inner.storage.write(write).await?;
+        let applied = self.inner.storage.write(local_write(id, &req.op, rec)).await?;
         if let Some((job, mut rx)) = through {
             if !matches!(rx.recv().await, Some(true)) {
                 self.membership_hint(Event::WriteThroughFailed { job });
@@ -248,12 +239,12 @@ impl Node {
         })
     }
 
-    /// Sends one record to `to` in a tracked task and reports whether it is durable there. A
+    /// Sends records to `to` in a tracked task and reports whether they are durable there. A
     /// peer that refuses the connection is reported to the membership task.
     pub(super) fn send_copy(
         &self,
         to: Peer,
-        rec: wire::Record,
+        records: Vec<wire::Record>,
         kind: MergeKind,
         timeout: Duration,
         done: mpsc::Sender<bool>,
@@ -261,7 +252,7 @@ impl Node {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
             let me = Node::info(&node.inner.me);
-            let result = node.inner.peers.merge(&to.addr, me, vec![rec], kind, timeout).await;
+            let result = node.inner.peers.merge(&to.addr, me, records, kind, timeout).await;
             if let Err(e) = &result {
                 tracing::debug!(replica = %to.addr, error = %e, "replica write failed");
                 node.membership_hint(Event::ReplicaMissed);
@@ -271,5 +262,18 @@ impl Node {
             }
             let _ = done.send(result.is_ok()).await;
         });
+    }
+}
+
+/// The owner's own write for a request's record: a client's put or delete, or a restored
+/// record kept where newer.
+fn local_write(id: u64, op: &KvOp, rec: wire::Record) -> Write {
+    let key = rec.key.into_bytes();
+    match (op, rec.value) {
+        (KvOp::Restore(_), value) => {
+            Write::Merge(crate::lmdb::Record { id, key, version: rec.version, value })
+        }
+        (_, Some(value)) => Write::Put { id, key, value, version: rec.version },
+        (_, None) => Write::Delete { id, key, version: rec.version },
     }
 }

@@ -204,10 +204,10 @@ impl Node {
             .filter(|(_, a)| write_through || matches!(a, Applied::Stored { .. }))
             .map(|(r, _)| r)
             .partition(|r| owned.is_some_and(|o| o.contains(key_id(r.key.as_bytes()))));
-        for r in mine {
+        if !mine.is_empty() {
             for to in view.replica_peers(view.replicas.saturating_sub(1)) {
                 let (done, _) = tokio::sync::mpsc::channel(1);
-                self.send_copy(to, r.clone(), wire::MergeKind::Replica, BATCH_TIMEOUT, done);
+                self.send_copy(to, mine.clone(), wire::MergeKind::Replica, BATCH_TIMEOUT, done);
             }
         }
         if !strays.is_empty() {
