@@ -673,7 +673,8 @@ impl Membership {
         self.maybe_replicate(out);
     }
 
-    fn set_successors(&mut self, succs: Vec<Peer>, old: &Peer, out: &mut Vec<Action>) {
+    /// Adopts a successor list; persists it if it changed. Returns whether it did.
+    fn set_successors(&mut self, succs: Vec<Peer>, old: &Peer, out: &mut Vec<Action>) -> bool {
         let changed = succs != self.succs;
         self.succs = succs;
         if self.succs[0] != *old {
@@ -682,6 +683,7 @@ impl Membership {
         if changed {
             out.push(Action::Persist(self.saved()));
         }
+        changed
     }
 
     // ---- rectify: a new predecessor ----
@@ -946,8 +948,10 @@ impl Membership {
         // Writes made from now on miss the dead replica: when it is back, push again.
         self.replicated_for = None;
         out.push(Action::Log(Change::PeerDead { peer: dead.clone() }));
-        self.set_successors(succs, &old, out);
-        out.push(Action::Persist(self.saved()));
+        // The lost list changed: persist it, unless the successors' change did already.
+        if !self.set_successors(succs, &old, out) {
+            out.push(Action::Persist(self.saved()));
+        }
     }
 
     fn remember_lost(&mut self, peer: Peer, now: Millis) {
