@@ -45,8 +45,11 @@ impl Node {
             Request::Merge { from, records, kind } => {
                 Node::peer_from(&from)?;
                 self.refuse_if_departed()?;
-                let applied = self.apply_records(records.clone()).await?;
-                if kind != MergeKind::Replica {
+                // Only a handoff's records are looked at again after they are stored: a replica's
+                // copy of a write (the hot path) is not copied for nothing.
+                let handoff = (kind != MergeKind::Replica).then(|| records.clone());
+                let applied = self.apply_records(records).await?;
+                if let Some(records) = handoff {
                     self.settle_handoff(records, applied, kind == MergeKind::WriteThrough);
                 }
                 Ok(Response::Ack)
