@@ -44,6 +44,9 @@ pub struct Metrics {
     pub peers_lost: Counter,
     pub versions_refused: Counter,
     pub late_requests: Counter,
+    pub replica_batches: Counter,
+    pub replica_writes: Counter,
+    pub replica_queue_full: Counter,
 }
 
 impl Default for Metrics {
@@ -98,6 +101,13 @@ impl Metrics {
                 r,
                 "late_requests",
                 "Forwarded requests dropped because their deadline had passed",
+            ),
+            replica_batches: counter(r, "replica_batches", "Messages sent by the replication streams"),
+            replica_writes: counter(r, "replica_writes", "Writes sent by the replication streams"),
+            replica_queue_full: counter(
+                r,
+                "replica_queue_full",
+                "Writes not sent to a replica because its stream's queue was full",
             ),
             registry,
         }

@@ -2,7 +2,8 @@
 //!
 //! - `membership.rs`: the one task that owns the ring's state machine (`ring::Membership`),
 //!   performs its actions and publishes the `View` every request routes by.
-//! - `request.rs`: a client's get/put/delete: routing, forwarding, quorum writes.
+//! - `request.rs`: a client's get/put/delete: routing, forwarding, quorum writes;
+//!   `replicate.rs`: the replication streams that carry an owner's writes to its replicas.
 //! - `rpc.rs`: what this node answers to other nodes; `peer.rs`: what it asks them (one typed
 //!   function per message).
 //! - `transfer.rs`: copying and dropping ranges; `storage.rs`: the store off the async threads.
@@ -27,6 +28,7 @@ mod limits;
 mod membership;
 mod metrics;
 mod peer;
+mod replicate;
 mod request;
 mod rpc;
 mod storage;
@@ -98,6 +100,8 @@ struct Shared {
     /// Checks incoming node-to-node calls; None when the ring runs without a key.
     key: Option<Arc<auth::ClusterKey>>,
     writes: EpochWrites,
+    /// The replication streams, one per replica peer.
+    streams: replicate::Streams,
     clock: Hlc,
     started: Instant,
     /// Cancelled by `POST /leave`: the node leaves and `serve` returns.
@@ -145,6 +149,7 @@ impl Node {
                 progress: Mutex::new(None),
                 key,
                 writes: EpochWrites::default(),
+                streams: Default::default(),
                 clock: Hlc::default(),
                 started: Instant::now(),
                 leave: CancellationToken::new(),

@@ -24,8 +24,6 @@ const KV_DEADLINE: Duration = Duration::from_secs(5);
 /// above the 200 ms a lost packet waits for TCP's resend, far above a forward's usual few
 /// milliseconds, so a hedge is sent only when a packet was probably lost.
 const HEDGE_AFTER: Duration = Duration::from_millis(250);
-/// Wait for a replica's acknowledgement of one write (a durable commit on the replica).
-const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn reply(outcome: KvOutcome, hops: u32, owner: &str, version: u64) -> KvReply {
     KvReply { outcome, hops, owner: owner.to_string(), version }
@@ -200,8 +198,8 @@ impl Node {
         let restore = matches!(req.op, KvOp::Restore(_));
         let replicas = view.replica_peers(view.replicas.saturating_sub(1));
         let (tx, mut acks) = mpsc::channel(replicas.len().max(1));
-        for to in replicas {
-            self.send_copy(to, vec![rec.clone()], MergeKind::Replica, REPLICATE_TIMEOUT, tx.clone());
+        for to in &replicas {
+            self.replicate(to, rec.clone(), tx.clone());
         }
         drop(tx);
         // A restore is not written through: it may have come from that very receiver (a leave's
