@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
