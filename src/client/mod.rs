@@ -28,9 +28,10 @@
 //!
 //! # Retries
 //! A call makes at most [`Builder::attempts`] attempts (default 3), each to a different node
-//! where one is left: first the believed owner, then any other known node (the ring forwards
-//! from there). A node that refuses the connection, times out or breaks it is dropped from the
-//! cache until an answer names it again. Which failures are retried:
+//! where one is left: first the believed owner, then any other cached node (the ring forwards
+//! from there), then the seeds in the order given (a cold client starts with the first). A
+//! node that refuses the connection, times out or breaks it is dropped from the cache until an
+//! answer names it again. Which failures are retried:
 //! - a refused connection (nothing was sent): every operation;
 //! - a timeout, a broken connection, or a 5xx answer (the request may or may not have been
 //!   applied): GET always; PUT too, because re-sending the same value is harmless: the retry
@@ -419,24 +420,26 @@ impl Client {
         &self.inner.node
     }
 
-    /// The node for the next attempt: the believed owner of `key` unless already tried, else
-    /// another known node (cached or seed) not yet tried, else a seed again.
+    /// The node for the next attempt: the believed owner of `key` unless already tried; else
+    /// another cached node not yet tried (rotating, so load and failures spread); else the
+    /// first seed not yet tried, in the order given; else a seed again.
     fn pick(&self, key: Option<Id>, tried: &[String]) -> String {
+        let untried = |a: &&str| !tried.iter().any(|t| t == a);
         let cache = self.inner.cache.read().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, owner)) = key.and_then(|k| cache.owner_of(k.0)) {
-            if !tried.iter().any(|t| t == owner) {
+            if untried(&owner) {
                 return owner.to_string();
             }
         }
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-        let seeds = self.inner.seeds.iter().map(String::as_str);
-        let mut fresh: Vec<&str> =
-            cache.addrs().chain(seeds).filter(|a| !tried.iter().any(|t| t == a)).collect();
-        fresh.sort_unstable();
-        fresh.dedup();
-        match fresh.get(turn % fresh.len().max(1)) {
-            Some(a) => a.to_string(),
-            None => self.inner.seeds[turn % self.inner.seeds.len()].clone(),
+        let cached: Vec<&str> = cache.addrs().filter(untried).collect();
+        if !cached.is_empty() {
+            return cached[turn % cached.len()].to_string();
+        }
+        let seeds = &self.inner.seeds;
+        match seeds.iter().map(String::as_str).find(untried) {
+            Some(seed) => seed.to_string(),
+            None => seeds[turn % seeds.len()].clone(),
         }
     }
 
