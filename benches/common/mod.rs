@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod client_load;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
