@@ -100,7 +100,8 @@ fn report(random: &Figures, cached: &Figures) {
     let mut md = String::new();
     writeln!(md, "| 4-node ring, {TASKS} tasks, GET | req/s | mean hops |").unwrap();
     writeln!(md, "|---|---|---|").unwrap();
-    writeln!(md, "| random entry node, no cache | {:.0} | {:.3} |", random.per_sec, random.mean_hops).unwrap();
+    writeln!(md, "| random entry node, no cache | {:.0} | {:.3} |", random.per_sec, random.mean_hops)
+        .unwrap();
     writeln!(md, "| warm `sdht::Client` | {:.0} | {:.3} |", cached.per_sec, cached.mean_hops).unwrap();
     writeln!(md).unwrap();
     writeln!(
