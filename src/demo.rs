@@ -113,9 +113,9 @@ async fn through_each_node(client: &Client, addrs: &[String]) -> Result<()> {
         let put = nodes.put(w, word, format!("value of {word}")).await?;
         let got = nodes.get(r, word).await?;
         println!(
-            "  {word:<8} PUT via {w} -> {} ({})   GET via {r} -> {:?} from {} ({})",
+            "  {word:<8} PUT via {w} -> {} {:<9}  GET via {r} -> {:?} from {} ({})",
             put.status.as_u16(),
-            hops(put.hops.unwrap_or(0)),
+            format!("({})", hops(put.hops.unwrap_or(0))),
             String::from_utf8_lossy(&got.body),
             got.owner.as_deref().unwrap_or("?"),
             hops(got.hops.unwrap_or(0)),
