@@ -181,61 +181,16 @@ async fn leave(client: Client, node: &str) -> anyhow::Result<ExitCode> {
 
 /// Runs one node until a signal or a `/leave`.
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    let cli::ServeArgs {
-        listen,
-        data,
-        bootstrap,
-        advertise,
-        stabilize_ms,
-        peer_timeout_ms,
-        max_value_bytes,
-        hop_limit,
-        handoff_batch_keys,
-        successors,
-        replicas,
-        cluster_key_file,
-        client_token_file,
-        private_status,
-        insecure,
-        max_conns_per_client,
-        max_inflight_bytes,
-    } = args;
-    let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
-    let client_token = secret(client_token_file.as_ref(), None)?
+    let cluster_key = secret(args.cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
+    let client_token = secret(args.client_token_file.as_ref(), None)?
         .map(|t| String::from_utf8(t).context("the client token must be UTF-8"))
         .transpose()?;
     node::auth::check_token_needs_key(client_token.is_some(), cluster_key.is_some())?;
-    // Checked before binding: an unauthenticated node never opens a public port.
-    let wanted: Vec<_> = tokio::net::lookup_host(&listen)
-        .await
-        .with_context(|| format!("cannot resolve --listen {listen}"))?
-        .collect();
-    if let Some(exposed) =
-        wanted.iter().find(|a| !node::auth::exposure_allowed(**a, cluster_key.is_some(), insecure))
-    {
-        bail!(
-            "refusing to listen on {exposed} without a cluster key: anyone who reaches the port could join the ring \
-             and rewrite data. Give --cluster-key-file (or SDHT_CLUSTER_KEY), listen on loopback, or pass --insecure."
-        );
-    }
-    let listener =
-        TcpListener::bind(&wanted[..]).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let local_addr = listener.local_addr()?;
-    let local = local_addr.to_string();
-    let mut config = Config::new(advertise.unwrap_or(local), data);
-    config.bootstrap = bootstrap;
-    config.stabilize_every = Duration::from_millis(stabilize_ms.max(1));
-    config.peer_timeout = Duration::from_millis(peer_timeout_ms.max(1));
-    config.max_value_bytes = max_value_bytes;
-    config.hop_limit = hop_limit;
-    config.handoff_batch = handoff_batch_keys as usize;
-    config.successors = successors as usize;
-    config.replicas = replicas as usize;
+    let listener = bind(&args.listen, cluster_key.is_some(), args.insecure).await?;
+    let local = listener.local_addr()?.to_string();
+    let mut config = node_config(args, local);
     config.cluster_key = cluster_key;
     config.client_token = client_token;
-    config.private_status = private_status;
-    config.max_conns_per_client = max_conns_per_client as usize;
-    config.max_inflight_bytes = max_inflight_bytes;
     let node = Node::start(config).await?;
     println!("sdht listening on {} id={}", node.me().addr, node.me().id);
     std::io::stdout().flush()?;
@@ -243,4 +198,36 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     on_signal(shutdown.clone());
     node::serve(listener, node, shutdown).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `listen`, checked first: an unauthenticated node never opens a public port.
+async fn bind(listen: &str, keyed: bool, insecure: bool) -> anyhow::Result<TcpListener> {
+    let wanted: Vec<_> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("cannot resolve --listen {listen}"))?
+        .collect();
+    if let Some(exposed) = wanted.iter().find(|a| !node::auth::exposure_allowed(**a, keyed, insecure)) {
+        bail!(
+            "refusing to listen on {exposed} without a cluster key: anyone who reaches the port could join the ring \
+             and rewrite data. Give --cluster-key-file (or SDHT_CLUSTER_KEY), listen on loopback, or pass --insecure."
+        );
+    }
+    TcpListener::bind(&wanted[..]).await.with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// The node's settings from its flags (secrets aside); `local` is the address bound.
+fn node_config(args: cli::ServeArgs, local: String) -> Config {
+    let mut config = Config::new(args.advertise.unwrap_or(local), args.data);
+    config.bootstrap = args.bootstrap;
+    config.stabilize_every = Duration::from_millis(args.stabilize_ms.max(1));
+    config.peer_timeout = Duration::from_millis(args.peer_timeout_ms.max(1));
+    config.max_value_bytes = args.max_value_bytes;
+    config.hop_limit = args.hop_limit;
+    config.handoff_batch = args.handoff_batch_keys as usize;
+    config.successors = args.successors as usize;
+    config.replicas = args.replicas as usize;
+    config.private_status = args.private_status;
+    config.max_conns_per_client = args.max_conns_per_client as usize;
+    config.max_inflight_bytes = args.max_inflight_bytes;
+    config
 }
