@@ -18,7 +18,7 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 
 /// Criterion measurement in hops: the value of a batch of lookups is the sum of their
 /// `x-sdht-hops` headers, so criterion's estimates are hops per lookup.

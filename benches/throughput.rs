@@ -108,4 +108,5 @@ fn main() {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdht-bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("throughput.md"), &md);
+    common::client_load::run(secs);
 }

@@ -1,6 +1,8 @@
 //! `sdht demo`: a local ring of four nodes in one process, a few keys written and read
-//! through different nodes, and the commands to try; on Ctrl-C every node leaves in turn.
-//! Not part of the node: it runs nodes and talks to them like any client.
+//! through different nodes, one key through the client library (straight to its owner), and
+//! the commands to try; on Ctrl-C every node leaves in turn.
+//! Not part of the node: it runs nodes and talks to them like any client. Left out: its own
+//! logging (the CLI sets node logs to `warn` for the demo, so this output reads cleanly).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, format_ring, Client};
+use crate::client::{self, Client, Op};
 use crate::node::{serve, Config, Node, StartError};
 
 /// Why the demo stopped.
@@ -52,30 +54,11 @@ pub async fn run(
         running.push((token.clone(), tokio::spawn(serve(listener, node, token))));
     }
 
-    let client = Client::new();
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    let mut ring = client.json(&addrs[0], "/ring").await?;
-    while ring["nodes"].as_array().map_or(0, Vec::len) < addrs.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        ring = client.json(&addrs[0], "/ring").await?;
-    }
-
-    println!("\nwriting through one node, reading through the next:");
-    for (i, word) in WORDS.iter().enumerate() {
-        let (w, r) = (&addrs[i % addrs.len()], &addrs[(i + 1) % addrs.len()]);
-        let put = client.put(w, word, format!("value of {word}")).await?;
-        let got = client.get(r, word).await?;
-        println!(
-            "  {word:<8} PUT via {w} -> {} ({} hops)   GET via {r} -> {:?} from {} ({} hops)",
-            put.status.as_u16(),
-            put.hops.unwrap_or(0),
-            String::from_utf8_lossy(&got.body),
-            got.owner.as_deref().unwrap_or("?"),
-            got.hops.unwrap_or(0),
-        );
-    }
-    let ring = client.json(&addrs[0], "/ring").await?;
-    println!("\nthe ring, clockwise:\n{}", format_ring(&ring));
+    let client = Client::new(addrs.iter().cloned())?;
+    settle(&client, addrs.len()).await?;
+    through_each_node(&client, &addrs).await?;
+    through_the_library(&client).await?;
+    println!("\nthe ring, clockwise:\n{}", client.ring().await?);
     let a = &addrs[0];
     let b = addrs.last().unwrap_or(a);
     println!("try:");
@@ -84,6 +67,8 @@ pub async fn run(
     println!("  curl -X DELETE http://{b}/kv/greeting");
     println!("  curl http://{a}/ring");
     println!("  curl http://{a}/status");
+    println!("  sdht get --node {b} greeting");
+    println!("  cargo run --example client -- {a}");
     println!("data under {}; Ctrl-C makes every node leave in turn.", root.display());
 
     shutdown.cancelled().await;
@@ -96,5 +81,64 @@ pub async fn run(
     if temp {
         let _ = std::fs::remove_dir_all(&root);
     }
+    Ok(())
+}
+
+/// "1 hop", "2 hops".
+fn hops(n: u32) -> String {
+    if n == 1 {
+        "1 hop".to_string()
+    } else {
+        format!("{n} hops")
+    }
+}
+
+/// Waits (up to `SETTLE_DEADLINE`, then goes on anyway) until a `/ring` walk lists `count`
+/// nodes. A complete walk also fills the client's owner cache.
+async fn settle(client: &Client, count: usize) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    while client.ring().await?.nodes.len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Each word written through one node and read through the next, as curl would: the ring
+/// forwards each request to the key's owner.
+async fn through_each_node(client: &Client, addrs: &[String]) -> Result<()> {
+    println!("\nwriting through one node, reading through the next (the ring forwards to the owner):");
+    let nodes = client.nodes();
+    for (i, word) in WORDS.iter().enumerate() {
+        let (w, r) = (&addrs[i % addrs.len()], &addrs[(i + 1) % addrs.len()]);
+        let put = nodes.put(w, word, format!("value of {word}")).await?;
+        let got = nodes.get(r, word).await?;
+        println!(
+            "  {word:<8} PUT via {w} -> {} {:<9}  GET via {r} -> {:?} from {} ({})",
+            put.status.as_u16(),
+            format!("({})", hops(put.hops.unwrap_or(0))),
+            String::from_utf8_lossy(&got.body),
+            got.owner.as_deref().unwrap_or("?"),
+            hops(got.hops.unwrap_or(0)),
+        );
+    }
+    Ok(())
+}
+
+/// One key through the client library, which sends it straight to the owner it learnt.
+async fn through_the_library(client: &Client) -> Result<()> {
+    println!("\nthe same through the client library (sdht::Client sends each request to the key's owner):");
+    let put = client.request("greeting", Op::Put("hello".into())).await?;
+    println!(
+        "  sdht.put(\"greeting\", \"hello\") -> stored on {} ({})",
+        put.owner.as_deref().unwrap_or("?"),
+        hops(put.hops)
+    );
+    let got = client.request("greeting", Op::Get).await?;
+    println!(
+        "  sdht.get(\"greeting\")          -> {:?} from {} ({})",
+        String::from_utf8_lossy(got.value.as_deref().unwrap_or_default()),
+        got.owner.as_deref().unwrap_or("?"),
+        hops(got.hops)
+    );
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! - [`wire`]: node-to-node messages and their byte format.
 //! - [`node`]: the running node: HTTP server and client, the membership executor, shutdown.
 //!
-//! Outside the node: [`client`] (the public API as a client sees it) and [`demo`].
+//! Outside the node: [`client`] (the client library: [`Client`] sends each request straight
+//! to the key's owner) and [`demo`].
 
 pub mod client;
 pub mod demo;
@@ -16,3 +17,5 @@ pub mod lmdb;
 pub mod node;
 pub mod ring;
 pub mod wire;
+
+pub use client::Client;

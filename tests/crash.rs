@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::ring::{key_id, Id, Interval};
 
 /// Stabilize period of these rings: long enough that "three periods" is a meaningful bound on

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::node::auth::{body_digest, ClusterKey, DIGEST_HEADER, NONCE_HEADER, TAG_HEADER, TIME_HEADER};
 use sdht::wire::{KvOp, KvRequest, Message, NodeInfo, Record, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

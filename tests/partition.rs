@@ -37,7 +37,7 @@ use common::{ring_is_whole, wait_for_ring, NodeProc};
 use hyper::Method;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sdht::client::{encode_key, Client};
+use sdht::client::{encode_key, NodeClient as Client};
 use sdht::ring::{key_id, owner_of, Id, Interval};
 
 /// Nodes in every scenario.

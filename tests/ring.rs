@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::ring::{key_id, Id, Interval};
 
 const SLOW_HANDOFF: &[&str] = &["--handoff-batch-keys", "1"];

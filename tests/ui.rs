@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 
 fn chromium() -> Option<PathBuf> {
     let from_env = std::env::var_os("CHROMIUM").map(PathBuf::from);

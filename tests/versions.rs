@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use common::*;
 use hyper::Method;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::wire::{
     Fault, KvOp, KvOutcome, KvRequest, MergeKind, Message, NodeInfo, Record, Request, Response,
 };

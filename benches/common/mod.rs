@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod client_load;
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::node::{serve, Config, Node};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -47,6 +47,9 @@ const MAX_RING_WALK: usize = 4096;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Forwards from the node asked to the key's owner, on every `/kv` answer.
 const HOPS_HEADER: &str = "x-sdht-hops";
+/// The owner's ring id (16 hex digits), next to `x-sdht-owner` on every `/kv` answer that
+/// reached an owner.
+const OWNER_ID_HEADER: &str = "x-sdht-owner-id";
 
 type Resp = hyper::Response<Full<Bytes>>;
 
@@ -376,6 +379,9 @@ async fn kv(ctx: &Ctx, segment: &str, req: hyper::Request<Incoming>) -> Result<R
     if let Ok(owner) = HeaderValue::from_str(&reply.owner) {
         if !reply.owner.is_empty() {
             headers.insert("x-sdht-owner", owner);
+            // The owner's place on the ring: with it a client can map id ranges to owners.
+            let id = crate::ring::Id(reply.owner_id).to_string();
+            headers.insert(OWNER_ID_HEADER, HeaderValue::from_str(&id).expect("16 hex digits"));
         }
     }
     Ok(resp)

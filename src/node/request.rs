@@ -25,12 +25,12 @@ const KV_DEADLINE: Duration = Duration::from_secs(5);
 /// milliseconds, so a hedge is sent only when a packet was probably lost.
 const HEDGE_AFTER: Duration = Duration::from_millis(250);
 
-fn reply(outcome: KvOutcome, hops: u32, owner: &str, version: u64) -> KvReply {
-    KvReply { outcome, hops, owner: owner.to_string(), version }
+fn reply(outcome: KvOutcome, hops: u32, owner: &Peer, version: u64) -> KvReply {
+    KvReply { outcome, hops, owner: owner.addr.clone(), owner_id: owner.id.0, version }
 }
 
 fn failed(fault: Fault, hops: u32) -> KvReply {
-    reply(KvOutcome::Failed(fault), hops, "", 0)
+    KvReply { outcome: KvOutcome::Failed(fault), hops, owner: String::new(), owner_id: 0, version: 0 }
 }
 
 /// When a request entering the ring now must be done by.
@@ -166,7 +166,7 @@ impl Node {
 
     /// Executes a request this node owns.
     async fn local_kv(&self, id: u64, req: &KvRequest) -> KvReply {
-        let me = &self.inner.me.addr;
+        let me = &self.inner.me;
         let value = match &req.op {
             KvOp::Get => {
                 return match self.inner.storage.get(id, req.key.as_bytes()) {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Format version, the first byte of every message. Bump it on any incompatible change.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 /// Most records one handoff batch carries, so a million-key handoff is many small requests.
 pub const BATCH_RECORDS: usize = 1024;
@@ -153,6 +153,9 @@ pub struct KvReply {
     pub owner: String,
     /// The version of the value read, or of the write applied (0 when there is none).
     pub version: u64,
+    /// The owner's ring id (0 when `owner` is empty): lets a client learn where the owner
+    /// sits on the ring, not only its address.
+    pub owner_id: u64,
 }
 
 /// Why records are sent.

@@ -57,9 +57,15 @@ fn response() -> impl Strategy<Value = Response> {
         Just(KvOutcome::Failed(Fault::DeadlinePassed)),
     ];
     prop_oneof![
-        (outcome, any::<u32>(), ".{0,20}", any::<u64>()).prop_map(|(outcome, hops, owner, version)| {
-            Response::Kv(KvReply { outcome, hops, owner, version })
-        }),
+        (outcome, any::<u32>(), ".{0,20}", any::<u64>(), any::<u64>()).prop_map(
+            |(outcome, hops, owner, version, owner_id)| Response::Kv(KvReply {
+                outcome,
+                hops,
+                owner,
+                version,
+                owner_id
+            })
+        ),
         (node(), any::<u32>()).prop_map(|(node, hops)| Response::Successor { node, hops }),
         (proptest::option::of(node()), proptest::collection::vec(node(), 0..5))
             .prop_map(|(pred, succs)| Response::Neighbors { pred, succs }),
@@ -135,10 +141,10 @@ fn golden_bytes() {
                 deadline_ms: 9,
             })
             .encode(),
-            "0300016b0102762103010509",
+            "0400016b0102762103010509",
         ),
-        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0301ffffffffffffffffff0100"),
-        (Request::Notify { from: n.clone() }.encode(), "03030e3132372e302e302e313a383030308202"),
+        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0401ffffffffffffffffff0100"),
+        (Request::Notify { from: n.clone() }.encode(), "04030e3132372e302e302e313a383030308202"),
         (
             Request::Merge {
                 from: n.clone(),
@@ -149,7 +155,7 @@ fn golden_bytes() {
                 kind: MergeKind::Handoff,
             }
             .encode(),
-            "03040e3132372e302e302e313a38303030820202016107010201020162080001",
+            "04040e3132372e302e302e313a38303030820202016107010201020162080001",
         ),
         (
             Response::Kv(KvReply {
@@ -157,13 +163,14 @@ fn golden_bytes() {
                 hops: 2,
                 owner: "h:1".into(),
                 version: 4,
+                owner_id: 5,
             })
             .encode(),
-            "0300000278790203683a3104",
+            "0400000278790203683a310405",
         ),
         (
             Response::Neighbors { pred: None, succs: vec![n] }.encode(),
-            "030200010e3132372e302e302e313a383030308202",
+            "040200010e3132372e302e302e313a383030308202",
         ),
     ];
     for (bytes, expect) in cases {

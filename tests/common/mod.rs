@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sdht::client::Client;
+use sdht::client::NodeClient as Client;
 use sdht::ring::Id;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
