@@ -205,7 +205,7 @@ async fn sdht(n: usize) -> Target {
         addrs.push(line.split_whitespace().nth(3).expect("listening line").to_string());
         procs.push(child);
     }
-    let client = sdht::client::Client::new();
+    let client = sdht::client::NodeClient::new();
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         let ring = client.json(&addrs[0], "/ring").await;
@@ -263,7 +263,7 @@ async fn etcd(n: usize) -> Option<Target> {
         procs.push(cmd.spawn().expect("start etcd"));
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{}", p.0)).collect();
-    let client = sdht::client::Client::new();
+    let client = sdht::client::NodeClient::new();
     let deadline = Instant::now() + START_DEADLINE;
     for a in &addrs {
         while !client.json(a, "/health").await.is_ok_and(|h| h["health"] == "true") {
@@ -321,6 +321,8 @@ struct Measured {
     get: Run,
     put: Run,
     one: Option<Run>,
+    /// The single sequential client again, through `sdht::Client` (straight to the owner).
+    owner: Option<Run>,
 }
 
 fn main() {
@@ -368,8 +370,35 @@ fn main() {
 async fn run_target(md: &mut String, t: &Target, secs: Duration, one: bool) -> Measured {
     let (get, put) = measure(t, secs).await;
     row(md, &t.name, &get, &put);
-    let one = if one { Some(load(t, Method::PUT, 1, secs, Keys::Random).await) } else { None };
-    Measured { name: t.name.clone(), get, put, one }
+    let (one, owner) = if one {
+        (Some(load(t, Method::PUT, 1, secs, Keys::Random).await), Some(sequential_client(t, secs).await))
+    } else {
+        (None, None)
+    };
+    Measured { name: t.name.clone(), get, put, one, owner }
+}
+
+/// One `sdht::Client` writing in sequence, warmed by a `/ring` walk so it goes straight to
+/// each key's owner.
+async fn sequential_client(t: &Target, secs: Duration) -> Run {
+    let client = sdht::Client::new(t.addrs.clone()).unwrap();
+    client.ring().await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (start, mut lat, mut errors) = (Instant::now(), Vec::new(), 0);
+    while start.elapsed() < secs {
+        let sent = Instant::now();
+        match client.put(&format!("key-{}", rng.random_range(0..KEYS)), vec![b'v'; VALUE]).await {
+            Ok(()) => lat.push(sent.elapsed()),
+            Err(_) => errors += 1,
+        }
+    }
+    lat.sort();
+    Run {
+        per_sec: lat.len() as f64 / start.elapsed().as_secs_f64(),
+        p50: lat.get(lat.len() / 2).copied().unwrap_or_default(),
+        p99: lat.get(lat.len() * 99 / 100).copied().unwrap_or_default(),
+        errors,
+    }
 }
 
 /// The targets of the issue, as ratios measured in this run, and the 1-node physical limit.
@@ -390,8 +419,16 @@ fn summary(md: &mut String, all: &[Measured]) {
     }
     let (one_node, ring) = (find("sdht, 1"), find("sdht, 3"));
     if let (Some(a), Some(b)) = (one_node, ring) {
-        let ratio = a.one.as_ref().unwrap().per_sec / b.one.as_ref().unwrap().per_sec;
-        writeln!(md, "- sequential PUT latency, ring / 1 node: {ratio:.2}x (target at most 1.5x)").unwrap();
+        let ratio = |f: fn(&Measured) -> &Option<Run>| {
+            f(a).as_ref().unwrap().per_sec / f(b).as_ref().unwrap().per_sec
+        };
+        writeln!(
+            md,
+            "- sequential PUT latency, ring / 1 node: {:.2}x to any node, {:.2}x with sdht::Client (target at most 1.5x)",
+            ratio(|m| &m.one),
+            ratio(|m| &m.owner)
+        )
+        .unwrap();
     }
     if let (Some(r), Some(e)) = (ring, find("etcd, 3")) {
         writeln!(md, "- ring / 3-node etcd: PUT/s {:.2}x (target at least 2x), GET/s {:.2}x (target at least 3x), PUT p99 {:.2} vs {:.2} ms (target below)",

@@ -27,6 +27,10 @@ const MAX_BATCH: usize = 1024;
 /// Most value bytes in one message (at least one write goes, whatever its size): well under
 /// the largest message a peer accepts (`Config::max_message`).
 const MAX_BATCH_BYTES: usize = wire::BATCH_BYTES;
+/// Messages in flight to one replica at once: while one is being committed there, the next
+/// is already on its way, so a write waits for at most part of a commit before it is sent.
+/// More would only queue in the replica's writer; each one holds a pooled connection.
+const MAX_IN_FLIGHT: usize = 2;
 /// How long a replica may take to make one message durable before its writes count as missed.
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stream with nothing to send for this long ends, so peers that stopped being replicas do
@@ -83,16 +87,20 @@ impl Node {
         tx
     }
 
-    /// Sends what is queued for one replica, one message at a time, until idle or shut down.
+    /// Sends what is queued for one replica, at most `MAX_IN_FLIGHT` messages at a time,
+    /// until idle or shut down. Writes that arrive while every slot is busy wait in the queue
+    /// and go together in the next message.
     async fn run_stream(self, to: Peer, mut rx: mpsc::Receiver<Item>) {
         let halt = self.inner.halt.clone();
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut carry = None;
         loop {
             let first = match carry.take() {
                 Some(item) => item,
                 None => tokio::select! {
                     _ = halt.cancelled() => return,
-                    item = tokio::time::timeout(IDLE_END, rx.recv()) => match item {
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                    item = tokio::time::timeout(IDLE_END, rx.recv()), if in_flight.len() < MAX_IN_FLIGHT => match item {
                         Ok(Some(item)) => item,
                         // Idle: closing the receiver makes the next `replicate` start a new stream.
                         _ => return,
@@ -101,9 +109,20 @@ impl Node {
             };
             let (records, dones);
             (records, dones, carry) = next_batch(first, &mut rx);
-            let ok = self.send_batch(&to, records).await;
-            for done in dones {
-                let _ = done.try_send(ok);
+            let node = self.clone();
+            let to = to.clone();
+            in_flight.spawn(async move {
+                let ok = node.send_batch(&to, records).await;
+                for done in dones {
+                    let _ = done.try_send(ok);
+                }
+            });
+            // A carried write waits for a free slot like any other.
+            while in_flight.len() >= MAX_IN_FLIGHT {
+                tokio::select! {
+                    _ = halt.cancelled() => return,
+                    _ = in_flight.join_next() => {}
+                }
             }
         }
     }
