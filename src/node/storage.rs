@@ -18,10 +18,12 @@ use crate::ring::{Standing, View};
 /// Writes waiting for the writer thread. When full, writers wait (backpressure) instead of
 /// queueing without bound; 4096 is several commits' worth at the batch size below.
 const WRITE_QUEUE: usize = 4096;
-/// Most writes in one commit, so one commit's latency stays bounded under a flood.
+/// Most writes in one commit, so one commit's latency stays bounded under a flood (a single
+/// job larger than this, a replica batch or a handoff batch, still commits whole).
 const MAX_BATCH: usize = 1024;
 
-type Pending = (Write, oneshot::Sender<Result<Applied>>);
+/// Writes that commit together in one transaction, and where their outcomes go.
+type Pending = (Vec<Write>, oneshot::Sender<Result<Vec<Applied>>>);
 
 #[derive(Clone)]
 pub struct Storage {
@@ -84,31 +86,26 @@ impl Storage {
         self.blocking(move |s| s.scan_range(after, upto, resume.as_deref(), records, bytes)).await
     }
 
-    /// Puts one write in the writer's queue (waiting while it is full); the receiver yields
-    /// its outcome once the commit that carries it is durable.
-    async fn enqueue(&self, w: Write) -> Result<oneshot::Receiver<Result<Applied>>> {
+    /// Queues writes that commit together (waiting while the queue is full) and waits until
+    /// that commit is durable.
+    async fn commit(&self, ws: Vec<Write>) -> Result<Vec<Applied>> {
         let (tx, rx) = oneshot::channel();
-        self.writes.send((w, tx)).await.map_err(|_| Error::StoreGone)?;
-        Ok(rx)
+        self.writes.send((ws, tx)).await.map_err(|_| Error::StoreGone)?;
+        rx.await.map_err(|_| Error::StoreGone)?
     }
 
     /// Queues one write and waits until it is durable.
     pub async fn write(&self, w: Write) -> Result<Applied> {
-        self.enqueue(w).await?.await.map_err(|_| Error::StoreGone)?
+        self.commit(vec![w]).await?.pop().ok_or(Error::StoreGone)
     }
 
-    /// Queues several writes and waits until all are durable (they may share commits with
-    /// other callers' writes).
+    /// Writes all of `ws` in one transaction (perhaps with other callers' writes) and waits
+    /// until it is durable: a replica's batch becomes durable whole or not at all.
     pub async fn write_all(&self, ws: Vec<Write>) -> Result<Vec<Applied>> {
-        let mut waits = Vec::with_capacity(ws.len());
-        for w in ws {
-            waits.push(self.enqueue(w).await?);
+        if ws.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(waits.len());
-        for rx in waits {
-            out.push(rx.await.map_err(|_| Error::StoreGone)??);
-        }
-        Ok(out)
+        self.commit(ws).await
     }
 
     /// Removes every record (the node was away too long for its data to be trusted).
@@ -127,25 +124,26 @@ impl Storage {
 
 fn writer(store: Arc<Store>, mut rx: mpsc::Receiver<Pending>) {
     let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while let Some((w, reply)) = rx.blocking_recv() {
-        writes.push(w);
-        replies.push(reply);
+    let mut jobs = Vec::new();
+    while let Some((ws, reply)) = rx.blocking_recv() {
+        jobs.push((ws.len(), reply));
+        writes.extend(ws);
         while writes.len() < MAX_BATCH {
-            let Ok((w, reply)) = rx.try_recv() else { break };
-            writes.push(w);
-            replies.push(reply);
+            let Ok((ws, reply)) = rx.try_recv() else { break };
+            jobs.push((ws.len(), reply));
+            writes.extend(ws);
         }
         match store.apply(&writes) {
             Ok(applied) => {
-                for (reply, a) in replies.drain(..).zip(applied) {
-                    let _ = reply.send(Ok(a));
+                let mut applied = applied.into_iter();
+                for (n, reply) in jobs.drain(..) {
+                    let _ = reply.send(Ok(applied.by_ref().take(n).collect()));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = writes.len(), "commit failed");
                 let shared = Arc::new(e);
-                for reply in replies.drain(..) {
+                for (_, reply) in jobs.drain(..) {
                     let _ = reply.send(Err(Error::CommitFailed(shared.clone())));
                 }
             }
