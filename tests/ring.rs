@@ -184,3 +184,41 @@ async fn a_killed_member_restarted_at_its_address_serves_its_keys_again() {
     check_all(&client, &refs, &acked, 2).await;
     drop(victim);
 }
+
+/// The sum over `nodes` of one counter from `/metrics`.
+async fn counter_sum(client: &Client, nodes: &[NodeProc], name: &str) -> u64 {
+    let mut sum = 0;
+    for n in nodes {
+        let resp = client.call(&n.addr, hyper::Method::GET, "/metrics", Default::default()).await.unwrap();
+        let text = String::from_utf8_lossy(resp.body()).into_owned();
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        sum += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_reach_both_replicas_in_shared_messages() {
+    let nodes = ring(3).await;
+    let client = Client::new();
+    let addrs = live(&nodes);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let (client, addr) = (client.clone(), addrs[w % addrs.len()].clone());
+        writers.spawn(async move {
+            for i in 0..40 {
+                let a = client.put(&addr, &format!("w{w}-{i}"), "v").await.unwrap();
+                assert_eq!(a.status, 204);
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    // With R = 3 on three nodes every write goes to both other nodes: 2 x 1280 replica writes.
+    // Sent one message a write, batches would equal writes.
+    let writes = counter_sum(&client, &nodes, "sdht_replica_writes_total").await;
+    let batches = counter_sum(&client, &nodes, "sdht_replica_batches_total").await;
+    assert_eq!(writes, 2 * 32 * 40, "replica writes sent");
+    assert!(batches * 3 < writes * 2, "{batches} messages carried {writes} replica writes");
+}
