@@ -401,14 +401,23 @@ async fn sequential_client(t: &Target, secs: Duration) -> Run {
     let client = sdht::Client::new(t.addrs.clone()).unwrap();
     client.ring().await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (start, mut lat, mut errors) = (Instant::now(), Vec::new(), 0);
+    let (start, mut lat, mut errors, mut hops) = (Instant::now(), Vec::new(), 0, 0u64);
     while start.elapsed() < secs {
         let sent = Instant::now();
-        match client.put(&format!("key-{}", rng.random_range(0..KEYS)), vec![b'v'; VALUE]).await {
-            Ok(()) => lat.push(sent.elapsed()),
+        let op = sdht::client::Op::Put(vec![b'v'; VALUE].into());
+        match client.request(&format!("key-{}", rng.random_range(0..KEYS)), op).await {
+            Ok(a) => {
+                lat.push(sent.elapsed());
+                hops += a.hops as u64;
+            }
             Err(_) => errors += 1,
         }
     }
+    println!(
+        "{}: sdht::Client sequential PUT, mean hops {:.3}",
+        t.name,
+        hops as f64 / lat.len().max(1) as f64
+    );
     lat.sort();
     Run {
         per_sec: lat.len() as f64 / start.elapsed().as_secs_f64(),
