@@ -70,14 +70,15 @@ pub(super) async fn run(
     publish: watch::Sender<Arc<View>>,
     joined: oneshot::Sender<Result<(), StartError>>,
 ) {
-    let mut tick = tokio::time::interval(node.inner.config.stabilize_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ex =
         Executor { node: node.clone(), tickets: HashMap::new(), next_ticket: 0, joined: Some(joined) };
     loop {
+        // The machine says when its next round is due: soon after a change, the steady period
+        // when nothing changes.
+        let due = node.inner.started + std::time::Duration::from_millis(machine.next_tick());
         let input = tokio::select! {
             _ = node.inner.halt.cancelled() => return,
-            _ = tick.tick() => Input { event: Event::Tick, answer: None },
+            _ = tokio::time::sleep_until(due.into()) => Input { event: Event::Tick, answer: None },
             Some(input) = inbox.recv() => input,
         };
         if matches!(input.event, Event::Tick) {
@@ -214,7 +215,17 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
     };
     match result {
         Ok(reply) => Ok(reply),
-        Err(PeerError::Fault(Fault::Busy | Fault::NotServing)) => Ok(Reply::Busy),
+        // Busy, or a failure further along a forwarded lookup, or a full connection budget
+        // (503): nothing is wrong with this peer, and a joiner asks again (a refusal would end
+        // its join for good, and many joining at once fill the seed's budget).
+        Err(PeerError::Fault(
+            Fault::Busy
+            | Fault::NotServing
+            | Fault::Unavailable { .. }
+            | Fault::HopLimit(_)
+            | Fault::DeadlinePassed,
+        ))
+        | Err(PeerError::Refused(503)) => Ok(Reply::Busy),
         Err(e) => Err(e.failure()),
     }
 }

@@ -133,7 +133,12 @@ impl Node {
         let (publish, view) = watch::channel(Arc::new(machine.view()));
         let (inbox, rx) = mpsc::channel(INBOX);
         let metrics = metrics::Metrics::new();
-        let peers = Peers::new(config.max_message(), key.clone(), metrics.peer_failures.clone());
+        let peers = Peers::new(
+            config.max_message(),
+            key.clone(),
+            metrics.peer_failures.clone(),
+            metrics.peer_calls.clone(),
+        );
         let node = Node {
             inner: Arc::new(Shared {
                 me,
@@ -175,6 +180,16 @@ impl Node {
     /// The ring as the membership task last published it.
     fn view(&self) -> Arc<View> {
         self.inner.view.borrow().clone()
+    }
+
+    /// The ring as this node sees it now (for tests and benchmarks running nodes in process).
+    pub fn ring_view(&self) -> Arc<View> {
+        self.view()
+    }
+
+    /// Calls this node has made to peers so far (the `sdht_peer_calls` metric).
+    pub fn peer_calls(&self) -> u64 {
+        self.inner.metrics.peer_calls.get()
     }
 
     /// Milliseconds since this node started: the membership state machine's clock.

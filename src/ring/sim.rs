@@ -36,7 +36,14 @@ const TRACE_PRINTED: usize = 60;
 type Rec = (u64, Option<u64>);
 
 fn settings() -> Settings {
-    Settings { successors: 4, replicas: 3, strikes: 2, join_deadline: 30_000, leave_deadline: 60_000 }
+    Settings {
+        successors: 4,
+        replicas: 3,
+        strikes: 2,
+        join_deadline: 30_000,
+        leave_deadline: 60_000,
+        period: TICK,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -74,12 +81,39 @@ enum Payload {
 
 #[derive(Clone, Debug)]
 enum Sched {
-    Deliver { from: String, to: String, inc: u64, payload: Payload },
-    Tick { node: String, inc: u64 },
-    CallTimeout { node: String, inc: u64, call: CallId },
-    CopyTimeout { node: String, inc: u64, job: JobId },
-    WriteTimeout { node: String, inc: u64, write: u64 },
-    ReplicaTimeout { node: String, inc: u64, write: u64, replica: String },
+    Deliver {
+        from: String,
+        to: String,
+        inc: u64,
+        payload: Payload,
+    },
+    /// A round the machine asked for; void if a later request re-armed the timer (`armed`).
+    Tick {
+        node: String,
+        inc: u64,
+        armed: u64,
+    },
+    CallTimeout {
+        node: String,
+        inc: u64,
+        call: CallId,
+    },
+    CopyTimeout {
+        node: String,
+        inc: u64,
+        job: JobId,
+    },
+    WriteTimeout {
+        node: String,
+        inc: u64,
+        write: u64,
+    },
+    ReplicaTimeout {
+        node: String,
+        inc: u64,
+        write: u64,
+        replica: String,
+    },
 }
 
 struct PendingWrite {
@@ -106,6 +140,9 @@ struct SimNode {
     unacked: BTreeSet<(u64, String)>,
     drains: Vec<u64>,
     hlc: u64,
+    /// When the pending tick fires, and its number (earlier requests re-arm it).
+    tick_at: Millis,
+    armed: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -217,10 +254,24 @@ impl Sim {
             unacked: BTreeSet::new(),
             drains: Vec::new(),
             hlc: 0,
+            tick_at: Millis::MAX,
+            armed: 0,
         };
         self.nodes.insert(addr.into(), node);
         let first = self.now + self.rng.random_range(0..TICK);
-        self.at(first, Sched::Tick { node: addr.into(), inc });
+        self.arm(addr, first);
+    }
+
+    /// (Re-)arms `addr`'s tick timer at `t` if that is earlier than the pending one.
+    fn arm(&mut self, addr: &str, t: Millis) {
+        let Some(n) = self.nodes.get_mut(addr) else { return };
+        if t >= n.tick_at {
+            return;
+        }
+        n.tick_at = t;
+        n.armed += 1;
+        let ev = Sched::Tick { node: addr.into(), inc: n.inc, armed: n.armed };
+        self.at(t.max(self.now), ev);
     }
 
     fn crash(&mut self, addr: &str) {
@@ -266,6 +317,9 @@ impl Sim {
         self.log(line);
         for a in actions {
             self.perform(addr, a);
+        }
+        if let Some(t) = self.nodes.get(addr).filter(|n| n.alive).map(|n| n.m.next_tick()) {
+            self.arm(addr, t);
         }
         self.check_drains(addr);
     }
@@ -486,10 +540,12 @@ impl Sim {
                     self.deliver(from, to, payload);
                 }
             }
-            Sched::Tick { node, inc } => {
-                if self.nodes.get(&node).is_some_and(|n| n.alive && n.inc == inc) {
+            Sched::Tick { node, inc, armed } => {
+                if let Some(n) =
+                    self.nodes.get_mut(&node).filter(|n| n.alive && n.inc == inc && n.armed == armed)
+                {
+                    n.tick_at = Millis::MAX;
                     self.step(&node, Event::Tick);
-                    self.at(self.now + TICK, Sched::Tick { node, inc });
                 }
             }
             Sched::CallTimeout { node, inc, call } => {
@@ -965,4 +1021,32 @@ fn a_ring_of_one_accepts_writes_and_a_cut_off_node_refuses_them() {
     }
     assert_eq!(sim.counts.writes_refused, refused + 20, "the cut-off node refuses every write");
     sim.quiesce().unwrap();
+}
+
+/// `n` nodes join through one seed at once (their first rounds spread over one period); returns
+/// the simulated time until every node's successor list and predecessor are right.
+fn mass_join(n: usize, seed: u64) -> Millis {
+    let mut sim = Sim::new(seed);
+    sim.add("n0", Vec::new(), Saved::default());
+    sim.run_for(1_000);
+    for i in 1..n {
+        sim.add(&format!("n{i}"), vec!["n0".into()], Saved::default());
+    }
+    let start = sim.now;
+    while let Err(e) = sim.check_ring() {
+        assert!(sim.now - start < 300_000, "{n} joins at once: no ring after 300 s: {e}");
+        sim.run_for(20);
+    }
+    sim.now - start
+}
+
+#[test]
+fn mass_joins_converge_in_a_few_periods() {
+    for (n, limit) in [(64, 3_000), (256, 5_000)] {
+        for seed in 0..3 {
+            let took = mass_join(n, seed);
+            println!("sim: {n} simultaneous joins, seed {seed}: one ring after {took} ms");
+            assert!(took <= limit, "{n} joins took {took} ms (limit {limit})");
+        }
+    }
 }
