@@ -100,6 +100,14 @@ enum Command {
         /// Most keys in one handoff batch (smaller batches: more, shorter requests).
         #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
         handoff_batch_keys: u64,
+        /// Take the hash of the advertised address as the node's id (deterministic, checked
+        /// by peers) instead of a balanced id chosen at the first join and kept in --data.
+        /// Every node of a ring must use the same kind of id.
+        #[arg(long, conflicts_with = "balanced_id")]
+        id_from_address: bool,
+        /// A balanced id (the default; spelled out for scripts that want to say so).
+        #[arg(long)]
+        balanced_id: bool,
     },
     /// Store VALUE under KEY ("-" reads the value from stdin).
     Put {
@@ -230,6 +238,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             insecure,
             max_conns_per_client,
             max_inflight_bytes,
+            id_from_address,
+            balanced_id: _,
         } => {
             let cluster_key = secret(cluster_key_file.as_ref(), Some("SDHT_CLUSTER_KEY"))?;
             let client_token = secret(client_token_file.as_ref(), None)?
@@ -267,6 +277,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             config.private_status = private_status;
             config.max_conns_per_client = max_conns_per_client as usize;
             config.max_inflight_bytes = max_inflight_bytes;
+            config.id_from_address = id_from_address;
             let node = Node::start(config).await?;
             println!("sdht listening on {} id={}", node.me().addr, node.me().id);
             std::io::stdout().flush()?;

@@ -32,7 +32,8 @@ const LEAVE_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The address peers and clients use for this node; its hash is the node's id.
+    /// The address peers and clients use for this node (with `id_from_address`, its hash is
+    /// the node's id).
     pub advertise: String,
     pub data_dir: PathBuf,
     /// A ring member to join through; None starts a new ring (or rejoins the peers saved in

@@ -20,7 +20,7 @@ use crate::ring::{
 };
 use crate::wire::{Fault, Request};
 
-const SUCC_META: &str = "successor";
+pub(super) const SUCC_META: &str = "successor";
 const LOST_META: &str = "lost";
 /// Wait for a forwarded find_successor, which may cross many nodes.
 pub(super) const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,14 +31,28 @@ pub(super) struct Input {
     pub answer: Option<oneshot::Sender<bool>>,
 }
 
-/// Reads what a previous run saved: the last successor and the peers to probe.
+/// Reads what a previous run saved: the last successor and the peers to probe, one
+/// `ADDR ID` a line (a line without an id, as written before ids were chosen, means the hash
+/// of the address).
 pub(super) async fn load_saved(storage: &super::storage::Storage) -> Saved {
-    let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let successor = text(storage.meta_get(SUCC_META).await.ok().flatten()).filter(|s| !s.is_empty());
-    let lost = text(storage.meta_get(LOST_META).await.ok().flatten())
-        .map(|s| s.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default();
+    let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let peers = |s: String| -> Vec<Peer> { s.lines().filter_map(parse_peer).collect() };
+    let successor = peers(text(storage.meta_get(SUCC_META).await.ok().flatten())).into_iter().next();
+    let lost = peers(text(storage.meta_get(LOST_META).await.ok().flatten()));
     Saved { successor, lost }
+}
+
+fn parse_peer(line: &str) -> Option<Peer> {
+    let mut words = line.split_whitespace();
+    let addr = words.next()?.to_string();
+    match words.next().and_then(crate::ring::Id::from_hex) {
+        Some(id) => Some(Peer { id, addr }),
+        None => Some(Peer::new(addr)),
+    }
+}
+
+fn peer_line(p: &Peer) -> String {
+    format!("{} {}", p.addr, p.id)
 }
 
 /// A node whose last contact with a whole ring is older than `ring::FORGET_AFTER` has been
@@ -196,11 +210,11 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
         Msg::FindSuccessor(id) => peers
             .find_successor(&to.addr, id.0, 0, FORWARD_TIMEOUT)
             .await
-            .and_then(|n| Node::peer_from(&n).map_err(|_| PeerError::Unexpected))
+            .and_then(|n| node.peer_from(&n).map_err(|_| PeerError::Unexpected))
             .map(Reply::Successor),
         Msg::Neighbors => peers.neighbors(&to.addr, t).await.map(|(pred, succs)| Reply::Neighbors {
-            pred: pred.and_then(|p| Node::peer_from(&p).ok()),
-            succs: succs.iter().filter_map(|p| Node::peer_from(p).ok()).collect(),
+            pred: pred.and_then(|p| node.peer_from(&p).ok()),
+            succs: succs.iter().filter_map(|p| node.peer_from(p).ok()).collect(),
         }),
         Msg::Notify => peers.tell(&to.addr, &Request::Notify { from: me }, t).await.map(|()| Reply::Ack),
         Msg::HandoffDone { pred } => {
@@ -232,8 +246,8 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
 
 async fn persist(node: &Node, saved: Saved) {
     let storage = &node.inner.storage;
-    let succ = saved.successor.unwrap_or_default().into_bytes();
-    let lost = saved.lost.join("\n").into_bytes();
+    let succ = saved.successor.as_ref().map(peer_line).unwrap_or_default().into_bytes();
+    let lost = saved.lost.iter().map(peer_line).collect::<Vec<_>>().join("\n").into_bytes();
     let result = async {
         storage.meta_put(SUCC_META, succ).await?;
         storage.meta_put(LOST_META, lost).await

@@ -117,6 +117,19 @@ impl Peers {
         }
     }
 
+    /// Where a joiner should sit, as the peer offers it: (id, keys, width).
+    pub async fn offer(
+        &self,
+        addr: &str,
+        take: bool,
+        timeout: Duration,
+    ) -> Result<(u64, u64, u64), PeerError> {
+        match self.call(addr, &Request::Offer { take }, timeout).await? {
+            Response::Offer { id, keys, width } => Ok((id, keys, width)),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
     /// A message answered with a plain acknowledgement (notify, merge, handoff done, leaving).
     pub async fn tell(&self, addr: &str, req: &Request, timeout: Duration) -> Result<(), PeerError> {
         match self.call(addr, req, timeout).await? {

@@ -136,9 +136,9 @@ pub enum CopyKind {
 /// What the node keeps on disk for a restart.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Saved {
-    pub successor: Option<String>,
+    pub successor: Option<Peer>,
     /// Peers lost (not left) and the seeds: probed after a restart as after a partition.
-    pub lost: Vec<String>,
+    pub lost: Vec<Peer>,
 }
 
 /// Everything the node learns.
@@ -381,15 +381,15 @@ impl Membership {
     pub fn start(me: Peer, settings: Settings, seeds: Vec<String>, saved: Saved, now: Millis) -> Membership {
         let mut m = Membership::alone(me, settings);
         m.next_tick = now;
-        let saved_succ = saved.successor.map(Peer::new).filter(|p| *p != m.me);
+        let saved_succ = saved.successor.filter(|p| *p != m.me);
         let mut all: Vec<String> = seeds.clone();
         all.extend(saved_succ.iter().map(|p| p.addr.clone()));
-        all.extend(saved.lost.iter().cloned());
+        all.extend(saved.lost.iter().map(|p| p.addr.clone()));
         all.retain(|a| *a != m.me.addr);
         all.dedup();
         m.seeds = seeds;
-        for addr in &saved.lost {
-            m.remember_lost(Peer::new(addr.clone()), now);
+        for p in &saved.lost {
+            m.remember_lost(p.clone(), now);
         }
         if !all.is_empty() {
             let deadline = now + m.settings.join_deadline;
@@ -437,13 +437,14 @@ impl Membership {
 
     /// What a restart needs.
     pub fn saved(&self) -> Saved {
-        let mut lost: Vec<String> = self.lost.keys().cloned().collect();
+        let mut lost: Vec<Peer> = self.lost.values().map(|l| l.peer.clone()).collect();
         for s in &self.seeds {
-            if !lost.contains(s) && *s != self.me.addr {
-                lost.push(s.clone());
+            if !self.lost.contains_key(s) && *s != self.me.addr {
+                // A seed is known by its address only; its id is looked up when it answers.
+                lost.push(Peer::new(s.clone()));
             }
         }
-        let successor = (!self.is_alone()).then(|| self.succs[0].addr.clone());
+        let successor = (!self.is_alone()).then(|| self.succs[0].clone());
         Saved { successor, lost }
     }
 

@@ -174,6 +174,12 @@ struct Sim {
     trace: std::collections::VecDeque<String>,
     /// Break one rule on purpose (to show the checks catch it).
     sabotage: bool,
+    /// New nodes take balanced ids offered by their seed (else the hash of their address).
+    balanced: bool,
+    /// Each address's id, kept across restarts (as the node keeps it in its store).
+    ids: BTreeMap<String, Id>,
+    /// The offers each node made recently (`balance::Offers`).
+    offers: BTreeMap<String, balance::Offers>,
 }
 
 fn key_of(k: u64) -> Id {
@@ -197,7 +203,35 @@ impl Sim {
             counts: Counts::default(),
             trace: Default::default(),
             sabotage: false,
+            balanced: false,
+            ids: BTreeMap::new(),
+            offers: BTreeMap::new(),
         }
+    }
+
+    /// The peer at `addr`, with the id it has (or will have).
+    fn peer(&self, addr: &str) -> Peer {
+        Peer { id: self.ids.get(addr).copied().unwrap_or_else(|| node_id(addr)), addr: addr.into() }
+    }
+
+    /// The id a new node takes: its old one after a restart; with balanced ids, the point its
+    /// first seed offers (the median key of the most loaded piece of the seed's range).
+    fn choose_id(&mut self, addr: &str, seeds: &[String]) -> Id {
+        if let Some(id) = self.ids.get(addr) {
+            return *id;
+        }
+        let offered = seeds.first().filter(|_| self.balanced).and_then(|s| {
+            let n = self.nodes.get(s).filter(|n| n.alive)?;
+            let owned = n.m.view().owned()?;
+            let mut keys: Vec<Id> =
+                n.store.keys().map(|k| key_of(*k)).filter(|k| owned.contains(*k)).collect();
+            keys.sort_by_key(|k| owned.after.distance_to(*k));
+            let now = self.now;
+            self.offers.entry(s.clone()).or_default().offer(now, owned, &keys, true).map(|o| o.id)
+        });
+        let id = offered.unwrap_or_else(|| node_id(addr));
+        self.ids.insert(addr.into(), id);
+        id
     }
 
     fn log(&mut self, line: String) {
@@ -239,7 +273,8 @@ impl Sim {
     // ---- node lifecycle ----
 
     fn add(&mut self, addr: &str, seeds: Vec<String>, saved: Saved) {
-        let m = Membership::start(Peer::new(addr), settings(), seeds, saved.clone(), self.now);
+        let me = Peer { id: self.choose_id(addr, &seeds), addr: addr.into() };
+        let m = Membership::start(me, settings(), seeds, saved.clone(), self.now);
         let inc = self.nodes.get(addr).map_or(1, |n| n.inc + 1);
         let store = self.nodes.remove(addr).map(|n| n.store).unwrap_or_default();
         let node = SimNode {
@@ -383,7 +418,7 @@ impl Sim {
     /// A peer's answer to a membership call.
     fn answer(&mut self, at: &str, msg: &Msg, from: &str) -> Option<Result<Reply, Failure>> {
         let view = self.nodes[at].m.view();
-        let me = Peer::new(from);
+        let me = self.peer(from);
         Some(Ok(match msg {
             Msg::FindSuccessor(id) => return Some(self.find(at, *id)),
             Msg::Neighbors => Reply::Neighbors { pred: view.pred.clone(), succs: view.succs.clone() },
@@ -688,7 +723,7 @@ impl Sim {
     // ---- invariants ----
 
     fn sorted_members(&self) -> Vec<Peer> {
-        let mut v: Vec<Peer> = self.members().iter().map(|a| Peer::new(a.clone())).collect();
+        let mut v: Vec<Peer> = self.members().iter().map(|a| self.peer(a)).collect();
         v.sort();
         v
     }
@@ -925,6 +960,7 @@ impl Sim {
 fn run_seed(seed: u64, sabotage: bool) -> Result<Counts, (String, Vec<String>)> {
     let mut sim = Sim::new(seed);
     sim.sabotage = sabotage;
+    sim.balanced = seed % 2 == 1;
     let n = sim.rng.random_range(3..=7);
     sim.add("n0", Vec::new(), Saved::default());
     for i in 1..n {
@@ -1023,12 +1059,17 @@ fn a_ring_of_one_accepts_writes_and_a_cut_off_node_refuses_them() {
     sim.quiesce().unwrap();
 }
 
-/// `n` nodes join through one seed at once (their first rounds spread over one period); returns
-/// the simulated time until every node's successor list and predecessor are right.
-fn mass_join(n: usize, seed: u64) -> Millis {
+/// `n` nodes join through one seed at once (their first rounds spread over one period), the
+/// seed holding 20 keys per node. Returns the simulated time until every node's successor list
+/// and predecessor are right, and the max/mean of keys owned per node and of range widths.
+fn mass_join(n: usize, seed: u64, balanced: bool) -> (Millis, f64, f64) {
     let mut sim = Sim::new(seed);
+    sim.balanced = balanced;
     sim.add("n0", Vec::new(), Saved::default());
     sim.run_for(1_000);
+    for k in 0..20 * n as u64 {
+        sim.client_write("n0", k);
+    }
     for i in 1..n {
         sim.add(&format!("n{i}"), vec!["n0".into()], Saved::default());
     }
@@ -1037,16 +1078,31 @@ fn mass_join(n: usize, seed: u64) -> Millis {
         assert!(sim.now - start < 300_000, "{n} joins at once: no ring after 300 s: {e}");
         sim.run_for(20);
     }
-    sim.now - start
+    let took = sim.now - start;
+    let ids: Vec<Id> = sim.sorted_members().iter().map(|p| p.id).collect();
+    let mut owned = BTreeMap::<Id, usize>::new();
+    for k in sim.acked.keys() {
+        *owned.entry(owner_of(&ids, key_of(*k)).unwrap()).or_default() += 1;
+    }
+    let keys = *owned.values().max().unwrap() as f64 / (sim.acked.len() as f64 / n as f64);
+    let widest = (0..n).map(|i| ids[(i + n - 1) % n].distance_to(ids[i])).max().unwrap();
+    (took, keys, widest as f64 / (2f64.powi(64) / n as f64))
 }
 
 #[test]
 fn mass_joins_converge_in_a_few_periods() {
     for (n, limit) in [(64, 3_000), (256, 5_000)] {
-        for seed in 0..3 {
-            let took = mass_join(n, seed);
-            println!("sim: {n} simultaneous joins, seed {seed}: one ring after {took} ms");
-            assert!(took <= limit, "{n} joins took {took} ms (limit {limit})");
+        for seed in 0..2 {
+            for balanced in [false, true] {
+                let (took, keys, width) = mass_join(n, seed, balanced);
+                println!(
+                    "sim: {n} simultaneous joins, seed {seed}, balanced {balanced}: one ring after {took} ms, max/mean keys {keys:.2}, range {width:.2}"
+                );
+                assert!(took <= limit, "{n} joins took {took} ms (limit {limit})");
+                if balanced {
+                    assert!(keys <= 1.5 && width <= 2.0, "unbalanced: keys {keys:.2}, range {width:.2}");
+                }
+            }
         }
     }
 }
