@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::config::Config;
 use super::storage::Storage;
 use super::Node;
-use crate::ring::balance::{better, Offer};
+use crate::ring::balance::{better, personal, Offer};
 use crate::ring::{node_id, Id, Standing};
 use crate::wire::{Fault, Response};
 
@@ -40,7 +40,7 @@ pub(super) async fn choose_id(config: &Config, storage: &Storage, peers: &super:
     // A node that ran before ids were chosen (it has saved peers) keeps the hash it had.
     let ran_before = storage.meta_get(super::membership::SUCC_META).await.ok().flatten().is_some();
     let id = match (&config.bootstrap, ran_before) {
-        (Some(seed), false) => ask_offers(config, seed, peers).await.unwrap_or(hashed),
+        (Some(seed), false) => ask_offers(config, seed, peers).await.map_or(hashed, |p| personal(p, hashed)),
         _ => hashed,
     };
     if let Err(e) = storage.meta_put(ID_META, id.to_string().into_bytes()).await {

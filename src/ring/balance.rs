@@ -33,6 +33,14 @@ pub struct Offer {
     pub width: u64,
 }
 
+/// The id a joiner takes at an offered point: the point with its low 32 bits replaced by those
+/// of the joiner's own hash (`mine`). Two nodes whose views of their ranges overlap for a
+/// moment may offer the same point to two joiners; this keeps their ids apart (they collide
+/// with odds of 2^-32), and moves the point by less than 2^32 of the ring's 2^64.
+pub fn personal(point: Id, mine: Id) -> Id {
+    Id((point.0 & !0xFFFF_FFFF) | (mine.0 & 0xFFFF_FFFF))
+}
+
 /// True if `a` splits a more loaded piece than `b`: more keys, then wider.
 pub fn better(a: &Offer, b: &Offer) -> bool {
     (a.keys, a.width) > (b.keys, b.width)

@@ -227,7 +227,8 @@ impl Sim {
                 n.store.keys().map(|k| key_of(*k)).filter(|k| owned.contains(*k)).collect();
             keys.sort_by_key(|k| owned.after.distance_to(*k));
             let now = self.now;
-            self.offers.entry(s.clone()).or_default().offer(now, owned, &keys, true).map(|o| o.id)
+            let offer = self.offers.entry(s.clone()).or_default().offer(now, owned, &keys, true)?;
+            Some(balance::personal(offer.id, node_id(addr)))
         });
         let id = offered.unwrap_or_else(|| node_id(addr));
         self.ids.insert(addr.into(), id);
