@@ -1092,7 +1092,7 @@ fn mass_join(n: usize, seed: u64, balanced: bool) -> (Millis, f64, f64) {
 
 #[test]
 fn mass_joins_converge_in_a_few_periods() {
-    for (n, limit) in [(64, 3_000), (256, 5_000)] {
+    for (n, limit) in [(64, 2_000), (256, 2_500)] {
         for seed in 0..2 {
             for balanced in [false, true] {
                 let (took, keys, width) = mass_join(n, seed, balanced);
