@@ -158,4 +158,12 @@ pub struct ServeArgs {
     /// Most keys in one handoff batch (smaller batches: more, shorter requests).
     #[arg(long, default_value_t = sdht::wire::BATCH_RECORDS as u64, value_parser = clap::value_parser!(u64).range(1..=sdht::wire::BATCH_RECORDS as u64))]
     pub handoff_batch_keys: u64,
+    /// Take the hash of the advertised address as the node's id (deterministic, checked
+    /// by peers) instead of a balanced id chosen at the first join and kept in --data.
+    /// Every node of a ring must use the same kind of id.
+    #[arg(long, conflicts_with = "balanced_id")]
+    pub id_from_address: bool,
+    /// A balanced id (the default; spelled out for scripts that want to say so).
+    #[arg(long)]
+    pub balanced_id: bool,
 }

@@ -224,6 +224,7 @@ fn node_config(args: cli::ServeArgs, local: String) -> Config {
     config.max_value_bytes = args.max_value_bytes;
     config.hop_limit = args.hop_limit;
     config.handoff_batch = args.handoff_batch_keys as usize;
+    config.id_from_address = args.id_from_address;
     config.successors = args.successors as usize;
     config.replicas = args.replicas as usize;
     config.private_status = args.private_status;

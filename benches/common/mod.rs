@@ -75,6 +75,8 @@ pub async fn start_ring(n: usize) -> Ring {
         let mut config = Config::new(addr.clone(), dir.path().join(format!("n{i}")));
         config.bootstrap = addrs.first().cloned();
         config.stabilize_every = Duration::from_millis(100);
+        // `settled` orders the nodes by the hash of their address.
+        config.id_from_address = true;
         let node = Node::start(config).await.unwrap();
         let token = CancellationToken::new();
         tokio::spawn(serve(listener, node, token.clone()));

@@ -431,7 +431,7 @@ _sdht() {
             return 0
             ;;
         sdht__subcmd__serve)
-            opts="-h --listen --data --bootstrap --advertise --stabilize-ms --peer-timeout-ms --max-value-bytes --hop-limit --successors --replicas --cluster-key-file --client-token-file --private-status --insecure --max-conns-per-client --max-inflight-bytes --handoff-batch-keys --token-file --help"
+            opts="-h --listen --data --bootstrap --advertise --stabilize-ms --peer-timeout-ms --max-value-bytes --hop-limit --successors --replicas --cluster-key-file --client-token-file --private-status --insecure --max-conns-per-client --max-inflight-bytes --handoff-batch-keys --id-from-address --balanced-id --token-file --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

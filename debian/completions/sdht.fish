@@ -55,6 +55,8 @@ complete -c sdht -n "__fish_sdht_using_subcommand serve" -l handoff-batch-keys -
 complete -c sdht -n "__fish_sdht_using_subcommand serve" -l token-file -d 'Client token file for nodes started with --client-token-file (or env SDHT_CLIENT_TOKEN)' -r -F
 complete -c sdht -n "__fish_sdht_using_subcommand serve" -l private-status -d 'With a client token, require it on /status and /ring too'
 complete -c sdht -n "__fish_sdht_using_subcommand serve" -l insecure -d 'Allow a node without a cluster key to listen on a non-loopback address'
+complete -c sdht -n "__fish_sdht_using_subcommand serve" -l id-from-address -d 'Take the hash of the advertised address as the node\'s id (deterministic, checked by peers) instead of a balanced id chosen at the first join and kept in --data. Every node of a ring must use the same kind of id'
+complete -c sdht -n "__fish_sdht_using_subcommand serve" -l balanced-id -d 'A balanced id (the default; spelled out for scripts that want to say so)'
 complete -c sdht -n "__fish_sdht_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c sdht -n "__fish_sdht_using_subcommand put" -l node -d 'A node of the ring (repeat for more: the next is tried if one is down)' -r
 complete -c sdht -n "__fish_sdht_using_subcommand put" -l token-file -d 'Client token file for nodes started with --client-token-file (or env SDHT_CLIENT_TOKEN)' -r -F

@@ -346,6 +346,27 @@ impl Store {
         Ok(Scan { records, next: None })
     }
 
+    /// The ids of the live records in (after, upto], in clockwise order from `after`, at most
+    /// `max` (the first ones): what a node offering a joiner the median key of its range reads.
+    pub fn live_ids(&self, after: u64, upto: u64, max: usize) -> Result<Vec<u64>> {
+        let rtxn = self.env.read_txn()?;
+        let mut ids = Vec::new();
+        for (lo, hi) in segments(after, upto) {
+            let (lo_key, hi_key) = (lo.to_be_bytes(), hi.wrapping_add(1).to_be_bytes());
+            let to = if hi == u64::MAX { Bound::Unbounded } else { Bound::Excluded(&hi_key[..]) };
+            for item in self.records.range(&rtxn, &(Bound::Included(&lo_key[..]), to))? {
+                let (rkey, raw) = item?;
+                if rkey.len() >= 8 && raw.first() == Some(&LIVE) {
+                    ids.push(u64::from_be_bytes(rkey[..8].try_into().unwrap()));
+                    if ids.len() >= max {
+                        return Ok(ids);
+                    }
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// Deletes tombstones whose version is below `before` (versions are microsecond clocks),
     /// at most `max` of them; returns how many were removed.
     pub fn purge_tombstones(&self, before: u64, max: usize) -> Result<usize> {

@@ -32,7 +32,8 @@ const LEAVE_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The address peers and clients use for this node; its hash is the node's id.
+    /// The address peers and clients use for this node (with `id_from_address`, its hash is
+    /// the node's id).
     pub advertise: String,
     pub data_dir: PathBuf,
     /// A ring member to join through; None starts a new ring (or rejoins the peers saved in
@@ -59,6 +60,9 @@ pub struct Config {
     pub max_conns_per_client: usize,
     /// Most request-body bytes received or held at once, over all connections.
     pub max_inflight_bytes: usize,
+    /// The node's id is the hash of its address (deterministic, and checked on every peer a
+    /// message names) instead of a balanced id chosen at the first join and kept in the store.
+    pub id_from_address: bool,
 }
 
 impl Config {
@@ -79,6 +83,7 @@ impl Config {
             private_status: false,
             max_conns_per_client: super::DEFAULT_MAX_CONNS_PER_CLIENT,
             max_inflight_bytes: super::DEFAULT_MAX_INFLIGHT_BYTES,
+            id_from_address: false,
         }
     }
 
@@ -95,6 +100,7 @@ impl Config {
             strikes: STRIKES,
             join_deadline: JOIN_DEADLINE.as_millis() as u64,
             leave_deadline: LEAVE_DEADLINE.as_millis() as u64,
+            period: self.stabilize_every.as_millis() as u64,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::ring::{
 };
 use crate::wire::{Fault, Request};
 
-const SUCC_META: &str = "successor";
+pub(super) const SUCC_META: &str = "successor";
 const LOST_META: &str = "lost";
 /// Wait for a forwarded find_successor, which may cross many nodes.
 pub(super) const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,14 +31,28 @@ pub(super) struct Input {
     pub answer: Option<oneshot::Sender<bool>>,
 }
 
-/// Reads what a previous run saved: the last successor and the peers to probe.
+/// Reads what a previous run saved: the last successor and the peers to probe, one
+/// `ADDR ID` a line (a line without an id, as written before ids were chosen, means the hash
+/// of the address).
 pub(super) async fn load_saved(storage: &super::storage::Storage) -> Saved {
-    let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let successor = text(storage.meta_get(SUCC_META).await.ok().flatten()).filter(|s| !s.is_empty());
-    let lost = text(storage.meta_get(LOST_META).await.ok().flatten())
-        .map(|s| s.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default();
+    let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let peers = |s: String| -> Vec<Peer> { s.lines().filter_map(parse_peer).collect() };
+    let successor = peers(text(storage.meta_get(SUCC_META).await.ok().flatten())).into_iter().next();
+    let lost = peers(text(storage.meta_get(LOST_META).await.ok().flatten()));
     Saved { successor, lost }
+}
+
+fn parse_peer(line: &str) -> Option<Peer> {
+    let mut words = line.split_whitespace();
+    let addr = words.next()?.to_string();
+    match words.next().and_then(crate::ring::Id::from_hex) {
+        Some(id) => Some(Peer { id, addr }),
+        None => Some(Peer::new(addr)),
+    }
+}
+
+fn peer_line(p: &Peer) -> String {
+    format!("{} {}", p.addr, p.id)
 }
 
 /// A node whose last contact with a whole ring is older than `ring::FORGET_AFTER` has been
@@ -70,14 +84,15 @@ pub(super) async fn run(
     publish: watch::Sender<Arc<View>>,
     joined: oneshot::Sender<Result<(), StartError>>,
 ) {
-    let mut tick = tokio::time::interval(node.inner.config.stabilize_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ex =
         Executor { node: node.clone(), tickets: HashMap::new(), next_ticket: 0, joined: Some(joined) };
     loop {
+        // The machine says when its next round is due: soon after a change, the steady period
+        // when nothing changes.
+        let due = node.inner.started + std::time::Duration::from_millis(machine.next_tick());
         let input = tokio::select! {
             _ = node.inner.halt.cancelled() => return,
-            _ = tick.tick() => Input { event: Event::Tick, answer: None },
+            _ = tokio::time::sleep_until(due.into()) => Input { event: Event::Tick, answer: None },
             Some(input) = inbox.recv() => input,
         };
         if matches!(input.event, Event::Tick) {
@@ -195,11 +210,11 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
         Msg::FindSuccessor(id) => peers
             .find_successor(&to.addr, id.0, 0, FORWARD_TIMEOUT)
             .await
-            .and_then(|n| Node::peer_from(&n).map_err(|_| PeerError::Unexpected))
+            .and_then(|n| node.peer_from(&n).map_err(|_| PeerError::Unexpected))
             .map(Reply::Successor),
         Msg::Neighbors => peers.neighbors(&to.addr, t).await.map(|(pred, succs)| Reply::Neighbors {
-            pred: pred.and_then(|p| Node::peer_from(&p).ok()),
-            succs: succs.iter().filter_map(|p| Node::peer_from(p).ok()).collect(),
+            pred: pred.and_then(|p| node.peer_from(&p).ok()),
+            succs: succs.iter().filter_map(|p| node.peer_from(p).ok()).collect(),
         }),
         Msg::Notify => peers.tell(&to.addr, &Request::Notify { from: me }, t).await.map(|()| Reply::Ack),
         Msg::HandoffDone { pred } => {
@@ -214,15 +229,25 @@ async fn call_peer(node: &Node, to: &Peer, msg: Msg) -> Result<Reply, Failure> {
     };
     match result {
         Ok(reply) => Ok(reply),
-        Err(PeerError::Fault(Fault::Busy | Fault::NotServing)) => Ok(Reply::Busy),
+        // Busy, or a failure further along a forwarded lookup, or a full connection budget
+        // (503): nothing is wrong with this peer, and a joiner asks again (a refusal would end
+        // its join for good, and many joining at once fill the seed's budget).
+        Err(PeerError::Fault(
+            Fault::Busy
+            | Fault::NotServing
+            | Fault::Unavailable { .. }
+            | Fault::HopLimit(_)
+            | Fault::DeadlinePassed,
+        ))
+        | Err(PeerError::Refused(503)) => Ok(Reply::Busy),
         Err(e) => Err(e.failure()),
     }
 }
 
 async fn persist(node: &Node, saved: Saved) {
     let storage = &node.inner.storage;
-    let succ = saved.successor.unwrap_or_default().into_bytes();
-    let lost = saved.lost.join("\n").into_bytes();
+    let succ = saved.successor.as_ref().map(peer_line).unwrap_or_default().into_bytes();
+    let lost = saved.lost.iter().map(peer_line).collect::<Vec<_>>().join("\n").into_bytes();
     let result = async {
         storage.meta_put(SUCC_META, succ).await?;
         storage.meta_put(LOST_META, lost).await

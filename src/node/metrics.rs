@@ -40,6 +40,7 @@ pub struct Metrics {
     pub handoff_bytes: Counter,
     pub stabilize_rounds: Counter,
     pub peer_failures: Counter,
+    pub peer_calls: Counter,
     pub successors: Gauge,
     pub peers_lost: Counter,
     pub versions_refused: Counter,
@@ -90,6 +91,7 @@ impl Metrics {
             ),
             stabilize_rounds: counter(r, "stabilize_rounds", "Stabilize rounds run"),
             peer_failures: counter(r, "peer_call_failures", "Calls to peers that failed or timed out"),
+            peer_calls: counter(r, "peer_calls", "Calls made to peers (membership, requests, copies)"),
             successors: gauge(r, "successor_list_length", "Entries in this node's successor list"),
             peers_lost: counter(r, "peers_lost", "Peers declared unreachable and dropped from the ring"),
             versions_refused: counter(

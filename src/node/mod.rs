@@ -18,6 +18,7 @@
 //! (the owner answers alone), and garbage collection of copies beyond a range's R replicas.
 
 pub mod auth;
+mod balance;
 mod body;
 mod clock;
 mod config;
@@ -103,6 +104,9 @@ struct Shared {
     /// The replication streams, one per replica peer.
     streams: replicate::Streams,
     clock: Hlc,
+    /// The points this node offered joiners lately (`ring::balance`): a small bounded list,
+    /// locked only to compute an offer, never across a call.
+    offers: Mutex<crate::ring::balance::Offers>,
     started: Instant,
     /// Cancelled by `POST /leave`: the node leaves and `serve` returns.
     leave: CancellationToken,
@@ -125,8 +129,16 @@ impl Node {
             return Err(StartError::BootstrapIsSelf);
         }
         let storage = Storage::open(&config.data_dir)?;
-        let me = Peer::new(config.advertise.clone());
         let key = config.cluster_key.clone().map(auth::ClusterKey::new).transpose()?.map(Arc::new);
+        let metrics = metrics::Metrics::new();
+        let peers = Peers::new(
+            config.max_message(),
+            key.clone(),
+            metrics.peer_failures.clone(),
+            metrics.peer_calls.clone(),
+        );
+        let me =
+            Peer { id: balance::choose_id(&config, &storage, &peers).await, addr: config.advertise.clone() };
         if key.is_none() {
             tracing::warn!(node = %config.advertise, "no cluster key: node-to-node calls are not authenticated");
         }
@@ -136,8 +148,6 @@ impl Node {
         let machine = Membership::start(me.clone(), config.settings(), seeds, saved, 0);
         let (publish, view) = watch::channel(Arc::new(machine.view()));
         let (inbox, rx) = mpsc::channel(INBOX);
-        let metrics = metrics::Metrics::new();
-        let peers = Peers::new(config.max_message(), key.clone(), metrics.peer_failures.clone());
         let node = Node {
             inner: Arc::new(Shared {
                 me,
@@ -151,6 +161,7 @@ impl Node {
                 writes: EpochWrites::default(),
                 streams: Default::default(),
                 clock: Hlc::default(),
+                offers: Mutex::new(Default::default()),
                 started: Instant::now(),
                 leave: CancellationToken::new(),
                 exited: CancellationToken::new(),
@@ -182,6 +193,16 @@ impl Node {
         self.inner.view.borrow().clone()
     }
 
+    /// The ring as this node sees it now (for tests and benchmarks running nodes in process).
+    pub fn ring_view(&self) -> Arc<View> {
+        self.view()
+    }
+
+    /// Calls this node has made to peers so far (the `sdht_peer_calls` metric).
+    pub fn peer_calls(&self) -> u64 {
+        self.inner.metrics.peer_calls.get()
+    }
+
     /// Milliseconds since this node started: the membership state machine's clock.
     fn now(&self) -> u64 {
         self.inner.started.elapsed().as_millis() as u64
@@ -191,10 +212,12 @@ impl Node {
         NodeInfo { addr: p.addr.clone(), id: p.id.0 }
     }
 
-    /// Checks that a peer named in a message is who it claims to be.
-    fn peer_from(info: &NodeInfo) -> Result<Peer> {
+    /// Checks that a peer named in a message is who it claims to be. With ids from addresses
+    /// the id must be its address's hash; a balanced id cannot be checked this way (it was
+    /// chosen, not derived), so with balanced ids any id is taken as given.
+    fn peer_from(&self, info: &NodeInfo) -> Result<Peer> {
         let p = Peer { addr: info.addr.clone(), id: crate::ring::Id(info.id) };
-        if p.is_consistent() {
+        if !self.inner.config.id_from_address || p.is_consistent() {
             Ok(p)
         } else {
             Err(Error::ForgedId(info.addr.clone()))

@@ -43,22 +43,25 @@ pub struct Peers {
     key: Option<Arc<ClusterKey>>,
     /// Counts failed calls (the `peer_call_failures` metric).
     failures: Counter,
+    /// Counts every call (the `peer_calls` metric).
+    calls: Counter,
 }
 
 impl Peers {
     /// `max_message`: the largest answer accepted, in bytes; `key` signs every call.
-    pub fn new(max_message: usize, key: Option<Arc<ClusterKey>>, failures: Counter) -> Peers {
+    pub fn new(max_message: usize, key: Option<Arc<ClusterKey>>, failures: Counter, calls: Counter) -> Peers {
         let mut http = HttpConnector::new();
         // Forwarded requests are small and latency-bound: never wait for Nagle.
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(http);
-        Peers { client, max_message, key, failures }
+        Peers { client, max_message, key, failures, calls }
     }
 
     /// Sends `req` to the node at `addr` and waits at most `timeout` for its answer; a
     /// `Response::Fault` becomes `PeerError::Fault`.
     async fn call(&self, addr: &str, req: &Request, timeout: Duration) -> Result<Response, PeerError> {
+        self.calls.inc();
         let result = tokio::time::timeout(timeout, self.call_inner(addr, req.encode()))
             .await
             .map_err(|_| PeerError::Timeout)
@@ -110,6 +113,19 @@ impl Peers {
     pub async fn status(&self, addr: &str, timeout: Duration) -> Result<Status, PeerError> {
         match self.call(addr, &Request::Status, timeout).await? {
             Response::Status(s) => Ok(s),
+            _ => Err(PeerError::Unexpected),
+        }
+    }
+
+    /// Where a joiner should sit, as the peer offers it: (id, keys, width).
+    pub async fn offer(
+        &self,
+        addr: &str,
+        take: bool,
+        timeout: Duration,
+    ) -> Result<(u64, u64, u64), PeerError> {
+        match self.call(addr, &Request::Offer { take }, timeout).await? {
+            Response::Offer { id, keys, width } => Ok((id, keys, width)),
             _ => Err(PeerError::Unexpected),
         }
     }

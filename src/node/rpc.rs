@@ -39,11 +39,11 @@ impl Node {
                 Ok(Response::Neighbors { pred: view.pred.as_ref().map(Node::info), succs })
             }
             Request::Notify { from } => {
-                self.membership_hint(Event::Notified { from: Node::peer_from(&from)? });
+                self.membership_hint(Event::Notified { from: self.peer_from(&from)? });
                 Ok(Response::Ack)
             }
             Request::Merge { from, records, kind } => {
-                Node::peer_from(&from)?;
+                self.peer_from(&from)?;
                 self.refuse_if_departed()?;
                 // Only a handoff's records are looked at again after they are stored: a replica's
                 // copy of a write (the hot path) is not copied for nothing.
@@ -55,19 +55,20 @@ impl Node {
                 Ok(Response::Ack)
             }
             Request::Sync { from, after, upto, records } => {
-                Node::peer_from(&from)?;
+                self.peer_from(&from)?;
                 self.refuse_if_departed()?;
                 let (records, complete) = self.sync_range(after, upto, records).await?;
                 Ok(Response::Records { records, complete })
             }
             Request::HandoffDone { from, pred } => {
-                let from = Node::peer_from(&from)?;
-                let pred = pred.as_ref().map(Node::peer_from).transpose()?;
+                let from = self.peer_from(&from)?;
+                let pred = pred.as_ref().map(|p| self.peer_from(p)).transpose()?;
                 self.membership_hint(Event::HandoffDone { from, pred });
                 Ok(Response::Ack)
             }
             Request::Leaving { node, pred, succ } => self.on_leaving(node, pred, succ).await,
             Request::Status => Ok(Response::Status(self.status())),
+            Request::Offer { take } => self.answer_offer(take).await,
         }
     }
 
@@ -80,9 +81,9 @@ impl Node {
     }
 
     async fn on_leaving(&self, node: NodeInfo, pred: Option<NodeInfo>, succ: NodeInfo) -> Result<Response> {
-        let node = Node::peer_from(&node)?;
-        let pred = pred.as_ref().map(Node::peer_from).transpose()?;
-        let succ = Node::peer_from(&succ)?;
+        let node = self.peer_from(&node)?;
+        let pred = pred.as_ref().map(|p| self.peer_from(p)).transpose()?;
+        let succ = self.peer_from(&succ)?;
         let event = Event::NeighborLeaving { ticket: 0, node, pred, succ };
         match tokio::time::timeout(VERDICT_TIMEOUT, self.membership_verdict(event)).await {
             Ok(true) => Ok(Response::Ack),

@@ -49,6 +49,11 @@ pub const PROBE_MAX: Millis = 2_000;
 pub const FORGET_AFTER: Millis = 24 * 3600 * 1000;
 /// Tries to tell the predecessor that we left before exiting anyway.
 const TELL_PRED_TRIES: u32 = 5;
+/// Wait before the next round after something changed (a new successor or predecessor, a
+/// handoff step, a failed call): the wait then doubles at every round in which nothing changes,
+/// up to the steady period, so a joining ring repairs itself at once and an idle one costs what
+/// it did with a fixed period (a handful of extra rounds after each change).
+pub const HURRY: Millis = 10;
 
 /// Fixed parameters of the protocol.
 #[derive(Clone, Debug)]
@@ -63,6 +68,8 @@ pub struct Settings {
     pub join_deadline: Millis,
     /// How long a leave keeps trying to hand its keys over before exiting with them.
     pub leave_deadline: Millis,
+    /// The steady stabilize period: the longest wait between two rounds (see [`HURRY`]).
+    pub period: Millis,
 }
 
 /// Identifies one outgoing call, so its answer finds the question.
@@ -129,9 +136,9 @@ pub enum CopyKind {
 /// What the node keeps on disk for a restart.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Saved {
-    pub successor: Option<String>,
+    pub successor: Option<Peer>,
     /// Peers lost (not left) and the seeds: probed after a restart as after a partition.
-    pub lost: Vec<String>,
+    pub lost: Vec<Peer>,
 }
 
 /// Everything the node learns.
@@ -329,6 +336,16 @@ pub struct Membership {
     leaving_pred: Option<Peer>,
     /// This node has had a predecessor (it is no newcomer: it may hold keys to hand over).
     had_pred: bool,
+    /// When the executor delivers the next `Tick` ([`Membership::next_tick`]).
+    next_tick: Millis,
+    /// The wait after the next round if nothing changes: [`HURRY`] doubling up to the period.
+    backoff: Millis,
+    /// The successor named us as its predecessor in its last answer.
+    confirmed: bool,
+    /// A notifier that came while a handoff ran: rectified as soon as that ends, instead of
+    /// waiting for its next round (one slot: later ones notify again, and the process
+    /// splits a crowd of joiners like a random binary search tree).
+    waiting: Option<Peer>,
 }
 
 impl Membership {
@@ -352,6 +369,10 @@ impl Membership {
             seeds: Vec::new(),
             leaving_pred: None,
             had_pred: false,
+            next_tick: 0,
+            backoff: HURRY,
+            confirmed: false,
+            waiting: None,
         }
     }
 
@@ -359,15 +380,16 @@ impl Membership {
     /// Without seeds or saved peers it is a new ring of one. The first `Tick` starts the join.
     pub fn start(me: Peer, settings: Settings, seeds: Vec<String>, saved: Saved, now: Millis) -> Membership {
         let mut m = Membership::alone(me, settings);
-        let saved_succ = saved.successor.map(Peer::new).filter(|p| *p != m.me);
+        m.next_tick = now;
+        let saved_succ = saved.successor.filter(|p| *p != m.me);
         let mut all: Vec<String> = seeds.clone();
         all.extend(saved_succ.iter().map(|p| p.addr.clone()));
-        all.extend(saved.lost.iter().cloned());
+        all.extend(saved.lost.iter().map(|p| p.addr.clone()));
         all.retain(|a| *a != m.me.addr);
         all.dedup();
         m.seeds = seeds;
-        for addr in &saved.lost {
-            m.remember_lost(Peer::new(addr.clone()), now);
+        for p in &saved.lost {
+            m.remember_lost(p.clone(), now);
         }
         if !all.is_empty() {
             let deadline = now + m.settings.join_deadline;
@@ -406,15 +428,23 @@ impl Membership {
         }
     }
 
+    /// When the executor must deliver the next `Tick` (same clock as `now`). Soon after a
+    /// change, then backing off to the steady period while nothing changes; earlier than
+    /// the steady period while the successor has not confirmed us as its predecessor.
+    pub fn next_tick(&self) -> Millis {
+        self.next_tick
+    }
+
     /// What a restart needs.
     pub fn saved(&self) -> Saved {
-        let mut lost: Vec<String> = self.lost.keys().cloned().collect();
+        let mut lost: Vec<Peer> = self.lost.values().map(|l| l.peer.clone()).collect();
         for s in &self.seeds {
-            if !lost.contains(s) && *s != self.me.addr {
-                lost.push(s.clone());
+            if !self.lost.contains_key(s) && *s != self.me.addr {
+                // A seed is known by its address only; its id is looked up when it answers.
+                lost.push(Peer::new(s.clone()));
             }
         }
-        let successor = (!self.is_alone()).then(|| self.succs[0].addr.clone());
+        let successor = (!self.is_alone()).then(|| self.succs[0].clone());
         Saved { successor, lost }
     }
 
@@ -435,6 +465,43 @@ impl Membership {
 
     /// Feeds one event to the state machine and returns what the node must do.
     pub fn step(&mut self, now: Millis, event: Event) -> Vec<Action> {
+        let before = self.shape();
+        let tick = event == Event::Tick;
+        let mut urgent = false;
+        let mut out = self.dispatch(now, event, &mut urgent);
+        if self.handoff.is_none() {
+            if let Some(c) = self.waiting.take() {
+                self.on_notify(c, &mut out);
+            }
+        }
+        urgent |= self.shape() != before;
+        self.reschedule(now, tick, urgent);
+        out
+    }
+
+    /// What a step may change that calls for another round soon.
+    fn shape(&self) -> (Option<Peer>, Vec<Peer>, Option<Stage>, u64) {
+        let stage = self.handoff.as_ref().map(|h| h.stage);
+        (self.pred.clone(), self.succs.clone(), stage, self.epoch)
+    }
+
+    /// Sets `next_tick`: after a tick, the current back-off (doubled for the next time); after
+    /// a change (`urgent`), soon.
+    fn reschedule(&mut self, now: Millis, tick: bool, urgent: bool) {
+        let period = self.settings.period.max(HURRY);
+        if tick {
+            let settled = self.confirmed || self.is_alone() || self.phase != Phase::Member;
+            let cap = if settled { period } else { (period / 4).max(HURRY) };
+            self.next_tick = now + self.backoff.min(cap);
+            self.backoff = (self.backoff * 2).min(period);
+        }
+        if urgent {
+            self.backoff = HURRY;
+            self.next_tick = self.next_tick.min(now + HURRY);
+        }
+    }
+
+    fn dispatch(&mut self, now: Millis, event: Event, urgent: &mut bool) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Tick => self.on_tick(now, &mut out),
@@ -445,6 +512,7 @@ impl Membership {
             }
             Event::Failed { call, failure } => {
                 if let Some(p) = self.calls.remove(&call) {
+                    *urgent = matches!(p, Purpose::Stabilize(_) | Purpose::PingPred(_) | Purpose::Notify(_));
                     self.on_failed(now, p, failure, &mut out);
                 }
             }
@@ -658,14 +726,22 @@ impl Membership {
                 succs.push(p);
             }
         }
+        self.confirmed = x.as_ref() == Some(&self.me);
+        let mut closer = false;
         if let Some(x) = x.filter(|x| !self.unreachable(x)) {
             if x.id.strictly_between(self.me.id, from.id) && x != self.me {
                 succs.retain(|p| *p != x);
                 succs.insert(0, x);
+                closer = true;
             }
         }
         succs.truncate(self.settings.successors);
         self.set_successors(succs, &old, out);
+        if closer {
+            // Redirected to a closer successor: ask it at once (each answer is strictly closer
+            // to us, so this walk ends), and notify whoever turns out to be the right one.
+            return self.stabilize(out);
+        }
         if !self.is_alone() {
             let s = self.succs[0].clone();
             self.call(s.clone(), Msg::Notify, Purpose::Notify(s), out);
@@ -689,7 +765,13 @@ impl Membership {
     // ---- rectify: a new predecessor ----
 
     fn on_notify(&mut self, cand: Peer, out: &mut Vec<Action>) {
-        if self.phase != Phase::Member || self.handoff.is_some() || cand == self.me {
+        if self.phase != Phase::Member || cand == self.me {
+            return;
+        }
+        if self.handoff.is_some() {
+            if self.waiting.is_none() {
+                self.waiting = Some(cand);
+            }
             return;
         }
         let after = match &self.pred {

@@ -14,6 +14,7 @@
 //! head of the successor list, plus one step back to the predecessor while a handoff is
 //! settling, see [`View::route`]).
 
+pub mod balance;
 mod id;
 mod membership;
 mod view;
@@ -21,7 +22,7 @@ mod view;
 pub use id::{key_id, node_id, owner_of, Id, Interval};
 pub use membership::{
     Action, CallId, Change, CopyKind, Event, Failure, JobId, Membership, Millis, Msg, Reply, Saved, Settings,
-    Ticket, FORGET_AFTER, MAX_LOST, PROBE_FIRST, PROBE_MAX,
+    Ticket, FORGET_AFTER, HURRY, MAX_LOST, PROBE_FIRST, PROBE_MAX,
 };
 pub use view::{FindStep, Peer, Route, Standing, View, WriteThrough};
 

@@ -36,7 +36,14 @@ const TRACE_PRINTED: usize = 60;
 type Rec = (u64, Option<u64>);
 
 fn settings() -> Settings {
-    Settings { successors: 4, replicas: 3, strikes: 2, join_deadline: 30_000, leave_deadline: 60_000 }
+    Settings {
+        successors: 4,
+        replicas: 3,
+        strikes: 2,
+        join_deadline: 30_000,
+        leave_deadline: 60_000,
+        period: TICK,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -74,12 +81,39 @@ enum Payload {
 
 #[derive(Clone, Debug)]
 enum Sched {
-    Deliver { from: String, to: String, inc: u64, payload: Payload },
-    Tick { node: String, inc: u64 },
-    CallTimeout { node: String, inc: u64, call: CallId },
-    CopyTimeout { node: String, inc: u64, job: JobId },
-    WriteTimeout { node: String, inc: u64, write: u64 },
-    ReplicaTimeout { node: String, inc: u64, write: u64, replica: String },
+    Deliver {
+        from: String,
+        to: String,
+        inc: u64,
+        payload: Payload,
+    },
+    /// A round the machine asked for; void if a later request re-armed the timer (`armed`).
+    Tick {
+        node: String,
+        inc: u64,
+        armed: u64,
+    },
+    CallTimeout {
+        node: String,
+        inc: u64,
+        call: CallId,
+    },
+    CopyTimeout {
+        node: String,
+        inc: u64,
+        job: JobId,
+    },
+    WriteTimeout {
+        node: String,
+        inc: u64,
+        write: u64,
+    },
+    ReplicaTimeout {
+        node: String,
+        inc: u64,
+        write: u64,
+        replica: String,
+    },
 }
 
 struct PendingWrite {
@@ -106,6 +140,9 @@ struct SimNode {
     unacked: BTreeSet<(u64, String)>,
     drains: Vec<u64>,
     hlc: u64,
+    /// When the pending tick fires, and its number (earlier requests re-arm it).
+    tick_at: Millis,
+    armed: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -137,6 +174,12 @@ struct Sim {
     trace: std::collections::VecDeque<String>,
     /// Break one rule on purpose (to show the checks catch it).
     sabotage: bool,
+    /// New nodes take balanced ids offered by their seed (else the hash of their address).
+    balanced: bool,
+    /// Each address's id, kept across restarts (as the node keeps it in its store).
+    ids: BTreeMap<String, Id>,
+    /// The offers each node made recently (`balance::Offers`).
+    offers: BTreeMap<String, balance::Offers>,
 }
 
 fn key_of(k: u64) -> Id {
@@ -160,7 +203,36 @@ impl Sim {
             counts: Counts::default(),
             trace: Default::default(),
             sabotage: false,
+            balanced: false,
+            ids: BTreeMap::new(),
+            offers: BTreeMap::new(),
         }
+    }
+
+    /// The peer at `addr`, with the id it has (or will have).
+    fn peer(&self, addr: &str) -> Peer {
+        Peer { id: self.ids.get(addr).copied().unwrap_or_else(|| node_id(addr)), addr: addr.into() }
+    }
+
+    /// The id a new node takes: its old one after a restart; with balanced ids, the point its
+    /// first seed offers (the median key of the most loaded piece of the seed's range).
+    fn choose_id(&mut self, addr: &str, seeds: &[String]) -> Id {
+        if let Some(id) = self.ids.get(addr) {
+            return *id;
+        }
+        let offered = seeds.first().filter(|_| self.balanced).and_then(|s| {
+            let n = self.nodes.get(s).filter(|n| n.alive)?;
+            let owned = n.m.view().owned()?;
+            let mut keys: Vec<Id> =
+                n.store.keys().map(|k| key_of(*k)).filter(|k| owned.contains(*k)).collect();
+            keys.sort_by_key(|k| owned.after.distance_to(*k));
+            let now = self.now;
+            let offer = self.offers.entry(s.clone()).or_default().offer(now, owned, &keys, true)?;
+            Some(balance::personal(offer.id, node_id(addr)))
+        });
+        let id = offered.unwrap_or_else(|| node_id(addr));
+        self.ids.insert(addr.into(), id);
+        id
     }
 
     fn log(&mut self, line: String) {
@@ -202,7 +274,8 @@ impl Sim {
     // ---- node lifecycle ----
 
     fn add(&mut self, addr: &str, seeds: Vec<String>, saved: Saved) {
-        let m = Membership::start(Peer::new(addr), settings(), seeds, saved.clone(), self.now);
+        let me = Peer { id: self.choose_id(addr, &seeds), addr: addr.into() };
+        let m = Membership::start(me, settings(), seeds, saved.clone(), self.now);
         let inc = self.nodes.get(addr).map_or(1, |n| n.inc + 1);
         let store = self.nodes.remove(addr).map(|n| n.store).unwrap_or_default();
         let node = SimNode {
@@ -217,10 +290,24 @@ impl Sim {
             unacked: BTreeSet::new(),
             drains: Vec::new(),
             hlc: 0,
+            tick_at: Millis::MAX,
+            armed: 0,
         };
         self.nodes.insert(addr.into(), node);
         let first = self.now + self.rng.random_range(0..TICK);
-        self.at(first, Sched::Tick { node: addr.into(), inc });
+        self.arm(addr, first);
+    }
+
+    /// (Re-)arms `addr`'s tick timer at `t` if that is earlier than the pending one.
+    fn arm(&mut self, addr: &str, t: Millis) {
+        let Some(n) = self.nodes.get_mut(addr) else { return };
+        if t >= n.tick_at {
+            return;
+        }
+        n.tick_at = t;
+        n.armed += 1;
+        let ev = Sched::Tick { node: addr.into(), inc: n.inc, armed: n.armed };
+        self.at(t.max(self.now), ev);
     }
 
     fn crash(&mut self, addr: &str) {
@@ -266,6 +353,9 @@ impl Sim {
         self.log(line);
         for a in actions {
             self.perform(addr, a);
+        }
+        if let Some(t) = self.nodes.get(addr).filter(|n| n.alive).map(|n| n.m.next_tick()) {
+            self.arm(addr, t);
         }
         self.check_drains(addr);
     }
@@ -329,7 +419,7 @@ impl Sim {
     /// A peer's answer to a membership call.
     fn answer(&mut self, at: &str, msg: &Msg, from: &str) -> Option<Result<Reply, Failure>> {
         let view = self.nodes[at].m.view();
-        let me = Peer::new(from);
+        let me = self.peer(from);
         Some(Ok(match msg {
             Msg::FindSuccessor(id) => return Some(self.find(at, *id)),
             Msg::Neighbors => Reply::Neighbors { pred: view.pred.clone(), succs: view.succs.clone() },
@@ -486,10 +576,12 @@ impl Sim {
                     self.deliver(from, to, payload);
                 }
             }
-            Sched::Tick { node, inc } => {
-                if self.nodes.get(&node).is_some_and(|n| n.alive && n.inc == inc) {
+            Sched::Tick { node, inc, armed } => {
+                if let Some(n) =
+                    self.nodes.get_mut(&node).filter(|n| n.alive && n.inc == inc && n.armed == armed)
+                {
+                    n.tick_at = Millis::MAX;
                     self.step(&node, Event::Tick);
-                    self.at(self.now + TICK, Sched::Tick { node, inc });
                 }
             }
             Sched::CallTimeout { node, inc, call } => {
@@ -632,7 +724,7 @@ impl Sim {
     // ---- invariants ----
 
     fn sorted_members(&self) -> Vec<Peer> {
-        let mut v: Vec<Peer> = self.members().iter().map(|a| Peer::new(a.clone())).collect();
+        let mut v: Vec<Peer> = self.members().iter().map(|a| self.peer(a)).collect();
         v.sort();
         v
     }
@@ -869,6 +961,7 @@ impl Sim {
 fn run_seed(seed: u64, sabotage: bool) -> Result<Counts, (String, Vec<String>)> {
     let mut sim = Sim::new(seed);
     sim.sabotage = sabotage;
+    sim.balanced = seed % 2 == 1;
     let n = sim.rng.random_range(3..=7);
     sim.add("n0", Vec::new(), Saved::default());
     for i in 1..n {
@@ -965,4 +1058,52 @@ fn a_ring_of_one_accepts_writes_and_a_cut_off_node_refuses_them() {
     }
     assert_eq!(sim.counts.writes_refused, refused + 20, "the cut-off node refuses every write");
     sim.quiesce().unwrap();
+}
+
+/// `n` nodes join through one seed at once (their first rounds spread over one period), the
+/// seed holding 20 keys per node. Returns the simulated time until every node's successor list
+/// and predecessor are right, and the max/mean of keys owned per node and of range widths.
+fn mass_join(n: usize, seed: u64, balanced: bool) -> (Millis, f64, f64) {
+    let mut sim = Sim::new(seed);
+    sim.balanced = balanced;
+    sim.add("n0", Vec::new(), Saved::default());
+    sim.run_for(1_000);
+    for k in 0..20 * n as u64 {
+        sim.client_write("n0", k);
+    }
+    for i in 1..n {
+        sim.add(&format!("n{i}"), vec!["n0".into()], Saved::default());
+    }
+    let start = sim.now;
+    while let Err(e) = sim.check_ring() {
+        assert!(sim.now - start < 300_000, "{n} joins at once: no ring after 300 s: {e}");
+        sim.run_for(20);
+    }
+    let took = sim.now - start;
+    let ids: Vec<Id> = sim.sorted_members().iter().map(|p| p.id).collect();
+    let mut owned = BTreeMap::<Id, usize>::new();
+    for k in sim.acked.keys() {
+        *owned.entry(owner_of(&ids, key_of(*k)).unwrap()).or_default() += 1;
+    }
+    let keys = *owned.values().max().unwrap() as f64 / (sim.acked.len() as f64 / n as f64);
+    let widest = (0..n).map(|i| ids[(i + n - 1) % n].distance_to(ids[i])).max().unwrap();
+    (took, keys, widest as f64 / (2f64.powi(64) / n as f64))
+}
+
+#[test]
+fn mass_joins_converge_in_a_few_periods() {
+    for (n, limit) in [(64, 2_000), (256, 2_500)] {
+        for seed in 0..2 {
+            for balanced in [false, true] {
+                let (took, keys, width) = mass_join(n, seed, balanced);
+                println!(
+                    "sim: {n} simultaneous joins, seed {seed}, balanced {balanced}: one ring after {took} ms, max/mean keys {keys:.2}, range {width:.2}"
+                );
+                assert!(took <= limit, "{n} joins took {took} ms (limit {limit})");
+                if balanced {
+                    assert!(keys <= 1.5 && width <= 2.0, "unbalanced: keys {keys:.2}, range {width:.2}");
+                }
+            }
+        }
+    }
 }

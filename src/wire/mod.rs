@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Format version, the first byte of every message. Bump it on any incompatible change.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 
 /// Most records one handoff batch carries, so a million-key handoff is many small requests.
 pub const BATCH_RECORDS: usize = 1024;
@@ -213,6 +213,12 @@ pub enum Request {
     },
     /// This node's status, for ring walks.
     Status,
+    /// A joiner asks where it should sit: the receiver offers a point of its own range (the
+    /// median key of its most loaded piece; see `ring::balance`). `take`: the joiner will join
+    /// there (the receiver remembers the point); without it the offer is only compared.
+    Offer {
+        take: bool,
+    },
 }
 
 /// The node's status, as `GET /status` shows it.
@@ -246,6 +252,12 @@ pub enum Response {
     },
     /// The call failed at the receiver.
     Fault(Fault),
+    /// An id to join at, and the keys and width of the piece of the receiver's range it splits.
+    Offer {
+        id: u64,
+        keys: u64,
+        width: u64,
+    },
 }
 
 impl Message for Request {}

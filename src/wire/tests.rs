@@ -43,6 +43,7 @@ fn request() -> impl Strategy<Value = Request> {
             succ
         }),
         Just(Request::Status),
+        any::<bool>().prop_map(|take| Request::Offer { take }),
     ]
 }
 
@@ -130,7 +131,7 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let n = NodeInfo { addr: "127.0.0.1:8000".into(), id: 0x0102 };
-    let cases: Vec<(Vec<u8>, &str)> = vec![
+    let mut cases: Vec<(Vec<u8>, &str)> = vec![
         (
             Request::Kv(KvRequest {
                 key: "k".into(),
@@ -141,10 +142,10 @@ fn golden_bytes() {
                 deadline_ms: 9,
             })
             .encode(),
-            "0400016b0102762103010509",
+            "0500016b0102762103010509",
         ),
-        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0401ffffffffffffffffff0100"),
-        (Request::Notify { from: n.clone() }.encode(), "04030e3132372e302e302e313a383030308202"),
+        (Request::FindSuccessor { id: u64::MAX, hops: 0 }.encode(), "0501ffffffffffffffffff0100"),
+        (Request::Notify { from: n.clone() }.encode(), "05030e3132372e302e302e313a383030308202"),
         (
             Request::Merge {
                 from: n.clone(),
@@ -155,7 +156,7 @@ fn golden_bytes() {
                 kind: MergeKind::Handoff,
             }
             .encode(),
-            "04040e3132372e302e302e313a38303030820202016107010201020162080001",
+            "05040e3132372e302e302e313a38303030820202016107010201020162080001",
         ),
         (
             Response::Kv(KvReply {
@@ -166,13 +167,15 @@ fn golden_bytes() {
                 owner_id: 5,
             })
             .encode(),
-            "0400000278790203683a310405",
+            "0500000278790203683a310405",
         ),
         (
             Response::Neighbors { pred: None, succs: vec![n] }.encode(),
-            "040200010e3132372e302e302e313a383030308202",
+            "050200010e3132372e302e302e313a383030308202",
         ),
     ];
+    cases.push((Request::Offer { take: true }.encode(), "050901"));
+    cases.push((Response::Offer { id: 1, keys: 2, width: 3 }.encode(), "0507010203"));
     for (bytes, expect) in cases {
         assert_eq!(hex(&bytes), expect);
     }

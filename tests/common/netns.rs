@@ -453,6 +453,7 @@ impl Cluster {
             .arg(&data)
             .arg("--cluster-key-file")
             .arg(&self.key_file)
+            .arg("--id-from-address")
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
