@@ -271,6 +271,9 @@ impl Net {
             let matches = ["-m", "statistic", "--mode", "random", "--probability", &p];
             let rule = [&["-A", "INPUT", "-s", &src][..], &matches, &["-j", "DROP"]].concat();
             self.iptables(to, &rule).await;
+            // Packets that came between the two rules were counted but could not be dropped:
+            // start both counters from zero now that both rules are in place.
+            self.iptables(to, &["-Z", "INPUT"]).await;
         }
     }
 
