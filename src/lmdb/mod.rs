@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use heed::types::{Bytes, Unit};
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 /// Address space LMDB reserves for the map. It is virtual, not disk: it only caps how much one
 /// node can store, and 64 GiB is far above what one node of a ring should hold.
@@ -101,7 +101,10 @@ pub struct Scan {
 }
 
 pub struct Store {
-    env: Env,
+    /// Opened without thread-local read slots (`MDB_NOTLS`): a read transaction is not tied to
+    /// the thread that began it (tokio moves tasks between threads), and a process may open
+    /// more stores than glibc has thread-local keys (1024), as the in-process scale bench does.
+    env: Env<WithoutTls>,
     records: Database<Bytes, Bytes>,
     /// (tombstone version, record key): lets purging find old tombstones without a full scan.
     tombs: Database<Bytes, Unit>,
@@ -165,7 +168,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(heed::Error::Io)?;
         // SAFETY: heed requires that the same environment is not opened twice in one process
         // and that the files are not modified by other means while open; the node owns `dir`.
-        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(4).open(dir)? };
+        let env = unsafe { EnvOpenOptions::new().read_txn_without_tls().map_size(MAP_SIZE).max_dbs(4).open(dir)? };
         let mut wtxn = env.write_txn()?;
         let records = env.create_database(&mut wtxn, Some("records"))?;
         let tombs = env.create_database(&mut wtxn, Some("tombs"))?;
