@@ -168,7 +168,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(heed::Error::Io)?;
         // SAFETY: heed requires that the same environment is not opened twice in one process
         // and that the files are not modified by other means while open; the node owns `dir`.
-        let env = unsafe { EnvOpenOptions::new().read_txn_without_tls().map_size(MAP_SIZE).max_dbs(4).open(dir)? };
+        let env =
+            unsafe { EnvOpenOptions::new().read_txn_without_tls().map_size(MAP_SIZE).max_dbs(4).open(dir)? };
         let mut wtxn = env.write_txn()?;
         let records = env.create_database(&mut wtxn, Some("records"))?;
         let tombs = env.create_database(&mut wtxn, Some("tombs"))?;
