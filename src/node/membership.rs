@@ -86,13 +86,21 @@ pub(super) async fn run(
 ) {
     let mut ex =
         Executor { node: node.clone(), tickets: HashMap::new(), next_ticket: 0, joined: Some(joined) };
+    // One timer, moved only when the machine's next round moves: a new timer for every input
+    // (several a round) is registered with the time driver each time, which woke the idle
+    // runtime more often.
+    let timer = tokio::time::sleep_until(node.inner.started.into());
+    tokio::pin!(timer);
     loop {
         // The machine says when its next round is due: soon after a change, the steady period
         // when nothing changes.
-        let due = node.inner.started + std::time::Duration::from_millis(machine.next_tick());
+        let due = (node.inner.started + std::time::Duration::from_millis(machine.next_tick())).into();
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         let input = tokio::select! {
             _ = node.inner.halt.cancelled() => return,
-            _ = tokio::time::sleep_until(due.into()) => Input { event: Event::Tick, answer: None },
+            _ = &mut timer => Input { event: Event::Tick, answer: None },
             Some(input) = inbox.recv() => input,
         };
         if matches!(input.event, Event::Tick) {
