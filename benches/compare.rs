@@ -25,7 +25,6 @@ use hyper::client::conn::http1;
 use hyper::Method;
 use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -194,15 +193,9 @@ async fn sdht(n: usize) -> Target {
     let mut procs = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
     for i in 0..n {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdht"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--max-conns-per-client", "1024", "--data"])
-            .arg(dir.path().join(format!("n{i}")));
-        if let Some(first) = addrs.first() {
-            cmd.args(["--bootstrap", first]);
-        }
-        let (child, line) = spawn(cmd, &dir.path().join(format!("n{i}.log"))).await;
-        // "sdht listening on ADDR id=HEX"
-        addrs.push(line.split_whitespace().nth(3).expect("listening line").to_string());
+        let data = dir.path().join(format!("n{i}"));
+        let (child, addr) = common::spawn_sdht(&data, addrs.first().map(String::as_str), &[]).await;
+        addrs.push(addr);
         procs.push(child);
     }
     let client = sdht::client::NodeClient::new();
@@ -217,18 +210,6 @@ async fn sdht(n: usize) -> Target {
     }
     let name = if n == 1 { "sdht, 1 node".into() } else { format!("sdht, {n}-node ring, R = 3") };
     Target { name, api: Api::Sdht, addrs, _procs: procs, _dir: Some(dir) }
-}
-
-/// Starts a process whose stdout's first line says it is ready; stderr goes to `log`.
-async fn spawn(mut cmd: Command, log: &std::path::Path) -> (Child, String) {
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("start");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(START_DEADLINE, lines.next_line()).await.expect("ready line in time");
-    (child, line.unwrap().unwrap_or_default())
 }
 
 /// A port free now (etcd takes ports, not port 0).

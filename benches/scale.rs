@@ -368,12 +368,10 @@ mod plot {
 
 /// Real processes: the release binary, one seed, every other node joining through it at once.
 mod procs {
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     use sdht::client::NodeClient as Client;
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::process::{Child, Command};
+    use tokio::process::Child;
 
     struct Proc {
         child: Child,
@@ -382,34 +380,7 @@ mod procs {
 
     async fn spawn(dir: &std::path::Path, i: usize, bootstrap: Option<&str>) -> Proc {
         let data = dir.join(format!("n{i}"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdht"));
-        // All processes share 127.0.0.1: lift the per-address connection cap (see `config`).
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--stabilize-ms",
-            "200",
-            "--max-conns-per-client",
-            "1024",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
-        .kill_on_drop(true);
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn().expect("start sdht");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("no listening line in time")
-            .unwrap()
-            .expect("node exited");
-        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        let (child, addr) = super::common::spawn_sdht(&data, bootstrap, &["--stabilize-ms", "200"]).await;
         Proc { child, addr }
     }
 

@@ -139,3 +139,35 @@ pub async fn preload(ring: &Ring, count: usize, value_len: usize) -> Vec<String>
     while pending.join_next().await.is_some() {}
     keys
 }
+
+/// Starts `sdht serve` as a real process (the bench's release binary) on a free loopback port,
+/// with its data in `data` and its log beside it, and returns it with the address from its
+/// "sdht listening on ADDR id=HEX" line. Every node of a bench shares 127.0.0.1, so the
+/// per-address connection cap is lifted. The process is killed when dropped.
+pub async fn spawn_sdht(
+    data: &std::path::Path,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sdht"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--max-conns-per-client", "1024", "--data"])
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
+        .kill_on_drop(true);
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd.spawn().expect("start sdht");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("no listening line in time")
+        .unwrap()
+        .expect("node exited");
+    let addr = line.split_whitespace().nth(3).expect("a listening line").to_string();
+    (child, addr)
+}
