@@ -63,11 +63,8 @@ impl Node {
                     let _ = it.done.try_send(false);
                     return;
                 }
-                // The stream ended (idle) just now: start a new one.
-                Err(mpsc::error::TrySendError::Closed(it)) => {
-                    locked(&self.inner.streams.by_addr).remove(&to.addr);
-                    item = it;
-                }
+                // The stream ended (idle) just now: `stream` starts a new one.
+                Err(mpsc::error::TrySendError::Closed(it)) => item = it,
             }
         }
         let _ = item.done.try_send(false);
@@ -95,12 +92,17 @@ impl Node {
         let mut in_flight = tokio::task::JoinSet::new();
         let mut carry = None;
         loop {
+            while in_flight.len() >= MAX_IN_FLIGHT {
+                tokio::select! {
+                    _ = halt.cancelled() => return,
+                    _ = in_flight.join_next() => {}
+                }
+            }
             let first = match carry.take() {
                 Some(item) => item,
                 None => tokio::select! {
                     _ = halt.cancelled() => return,
-                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-                    item = tokio::time::timeout(IDLE_END, rx.recv()), if in_flight.len() < MAX_IN_FLIGHT => match item {
+                    item = tokio::time::timeout(IDLE_END, rx.recv()) => match item {
                         Ok(Some(item)) => item,
                         // Idle: closing the receiver makes the next `replicate` start a new stream.
                         _ => return,
@@ -117,13 +119,6 @@ impl Node {
                     let _ = done.try_send(ok);
                 }
             });
-            // A carried write waits for a free slot like any other.
-            while in_flight.len() >= MAX_IN_FLIGHT {
-                tokio::select! {
-                    _ = halt.cancelled() => return,
-                    _ = in_flight.join_next() => {}
-                }
-            }
         }
     }
 
