@@ -15,8 +15,10 @@ use super::error::{Error, Result, StartError};
 use crate::lmdb::{Applied, Record, Scan, Store, Write};
 use crate::ring::{Standing, View};
 
-/// Writes waiting for the writer thread. When full, writers wait (backpressure) instead of
-/// queueing without bound; 4096 is several commits' worth at the batch size below.
+/// Jobs waiting for the writer thread (a job is one client write, or one replica or handoff
+/// batch, whose bytes the peer's body budget already bounds). When full, writers wait
+/// (backpressure) instead of queueing without bound; 4096 single writes are several commits'
+/// worth at the batch size below.
 const WRITE_QUEUE: usize = 4096;
 /// Most writes in one commit, so one commit's latency stays bounded under a flood (a single
 /// job larger than this, a replica batch or a handoff batch, still commits whole).
