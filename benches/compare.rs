@@ -98,6 +98,21 @@ struct Run {
     errors: u64,
 }
 
+impl Run {
+    /// From the latencies of the requests answered in `elapsed`.
+    fn new(mut lat: Vec<Duration>, elapsed: Duration, errors: u64) -> Run {
+        lat.sort();
+        let at =
+            |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
+        Run {
+            per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+            p50: at(0.50).unwrap_or_default(),
+            p99: at(0.99).unwrap_or_default(),
+            errors,
+        }
+    }
+}
+
 /// Which keys a connection asks for: random, or (to preload) its own share in order.
 #[derive(Clone, Copy)]
 enum Keys {
@@ -146,15 +161,7 @@ async fn load(t: &Target, method: Method, conns: usize, secs: Duration, keys: Ke
     while let Some(r) = tasks.join_next().await {
         lat.extend(r.unwrap());
     }
-    let elapsed = start.elapsed();
-    lat.sort();
-    let at = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
-    Run {
-        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50).unwrap_or_default(),
-        p99: at(0.99).unwrap_or_default(),
-        errors: errors.load(Ordering::Relaxed),
-    }
+    Run::new(lat, start.elapsed(), errors.load(Ordering::Relaxed))
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -399,13 +406,7 @@ async fn sequential_client(t: &Target, secs: Duration) -> Run {
         t.name,
         hops as f64 / lat.len().max(1) as f64
     );
-    lat.sort();
-    Run {
-        per_sec: lat.len() as f64 / start.elapsed().as_secs_f64(),
-        p50: lat.get(lat.len() / 2).copied().unwrap_or_default(),
-        p99: lat.get(lat.len() * 99 / 100).copied().unwrap_or_default(),
-        errors,
-    }
+    Run::new(lat, start.elapsed(), errors)
 }
 
 /// The targets of the issue, as ratios measured in this run, and the 1-node physical limit.
